@@ -1,0 +1,61 @@
+"""Authorization: may this browser request open this terminal, and where does it go?
+
+Every authorizer answers ``authorize(request)`` with either a ``Grant`` (validated
+connection details plus who the user is) or a ``PassBack`` (the web app's own answer,
+handed to the browser as-is before any upgrade). Re-polls call the same method with the
+same ``BrowserRequest`` snapshot and compare grants by value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..channel import ConnectionDetails
+
+__all__ = ["Authorizer", "BrowserRequest", "Grant", "PassBack"]
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserRequest:
+    """What the authorization needs of the browser's upgrade request, kept for re-polls."""
+
+    path: str
+    query_string: str
+    # Every header as received, in order, duplicates kept (cookies included: they are
+    # what the web app authenticates). Never logged.
+    headers: tuple[tuple[str, str], ...] = field(repr=False)
+    # Address the request came from after trusted-proxy processing (for logs, limits).
+    client_ip: str = ""
+    # Value for the upstream's X-Forwarded-For.
+    forwarded_for: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The authorization said yes: dial ``details``; ``user`` is for logs and limits."""
+
+    details: ConnectionDetails
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PassBack:
+    """The authorization said something else: give the browser this response as-is."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = field(repr=False)
+    body: bytes = field(repr=False)
+
+
+class Authorizer(Protocol):
+    """One way of deciding; the GitLab and native contracts are two of them."""
+
+    async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
+        """Decide for ``request``; raise AuthorizationError subclasses on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+        ...

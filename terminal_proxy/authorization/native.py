@@ -1,0 +1,91 @@
+"""terminal-proxy's own JSON contract (docs/authorization-api.md).
+
+Same request as the GitLab contract (path + ``/authorize``, browser headers), signed
+with ``Terminal-Proxy-Api-Request`` when a secret is configured. A 200 with
+``application/json`` authorizes and can name the user, which goes into logs and limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..channel import ConnectionDetails
+from ..errors import InvalidAuthorization
+from . import Grant
+from .http import HttpAuthorizer, load_json, media_type
+
+__all__ = ["NativeAuthorizer"]
+
+_NAMES = {
+    "url": "connection.url",
+    "subprotocols": "connection.subprotocols",
+    "headers": "connection.headers",
+    "ca_pem": "connection.ca_pem",
+    "max_session_time": "connection.max_session_time",
+}
+_CONNECTION_KEYS = frozenset(_NAMES)
+_TOP_KEYS = frozenset({"version", "user", "connection"})
+
+
+def _bad(name: str, why: str) -> InvalidAuthorization:
+    return InvalidAuthorization(
+        f"authorization API returned invalid connection details: {name} {why}"
+    )
+
+
+class NativeAuthorizer(HttpAuthorizer):
+    """Parses the native contract's JSON document."""
+
+    jwt_header = "Terminal-Proxy-Api-Request"
+    jwt_issuer = "terminal-proxy"
+
+    def extra_headers(self) -> list[tuple[str, str]]:
+        return [("Accept", "application/json")]
+
+    def parse(self, content_type: str, body: bytes) -> Grant:
+        if media_type(content_type) != "application/json":
+            raise InvalidAuthorization(
+                f"authorization API answered 200 with content type "
+                f"{media_type(content_type) or 'none'!r}, expected application/json"
+            )
+        doc = load_json(body)
+        if not isinstance(doc, dict):
+            raise _bad("(document)", "must be a JSON object")
+        for key in doc:
+            if key not in _TOP_KEYS:
+                raise _bad(str(key), "is not a known field")
+        if doc.get("version", 1) != 1:
+            raise _bad("version", "must be 1")
+        connection = doc.get("connection")
+        if not isinstance(connection, dict):
+            raise _bad("connection", "must be an object")
+        for key in connection:
+            if key not in _CONNECTION_KEYS:
+                raise _bad(f"connection.{key}", "is not a known field")
+        details = ConnectionDetails.build(
+            url=connection.get("url"),
+            subprotocols=connection.get("subprotocols"),
+            headers=connection.get("headers"),
+            ca_pem=connection.get("ca_pem"),
+            max_session_time=connection.get("max_session_time"),
+            names=_NAMES,
+        )
+        user, groups = _user(doc.get("user"))
+        return Grant(details, user=user, groups=groups)
+
+
+def _user(value: Any) -> tuple[str | None, tuple[str, ...]]:
+    if value is None:
+        return None, ()
+    if not isinstance(value, dict):
+        raise _bad("user", "must be an object")
+    for key in value:
+        if key not in ("id", "username", "groups"):
+            raise _bad(f"user.{key}", "is not a known field")
+    name = value.get("username", value.get("id"))
+    if name is not None and (not isinstance(name, str | int) or isinstance(name, bool)):
+        raise _bad("user.username", "must be a string")
+    groups = value.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise _bad("user.groups", "must be a list of strings")
+    return (None if name is None else str(name)), tuple(groups)

@@ -1,0 +1,390 @@
+"""The relay: two pumps and the stoppers, joined in one place.
+
+``Session.run()`` starts one pump per direction (the same function with its arguments
+swapped, as in Workhorse's proxy.go) and one task per stopper (re-poll, time limit, idle
+timeout, server shutdown). The first task to finish decides the ``Stop``; every other task
+is cancelled and awaited; then both sockets are closed on purpose, each with the code and
+reason of ``docs/close-codes.md``. Bytes the upstream sent before it closed have all been
+written to the browser before the browser's close frame, because the upstream pump only
+returns after the upstream's close frame and writes in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+
+from .authorization import Authorizer, BrowserRequest, Grant, PassBack
+from .errors import AuthorizationError
+from .protocols import Codec, Exit, ProtocolError, StdinClosed
+from .tasks import cancel_and_wait, spawn
+
+__all__ = ["Session", "SessionLimits", "Stop", "StopReason"]
+
+log = logging.getLogger("terminal_proxy.session")
+
+_DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
+_K8S_V1 = frozenset({"channel.k8s.io", "base64.channel.k8s.io"})
+
+
+class StopReason(enum.Enum):
+    """Why a session ended. Values: (browser close code, upstream close code)."""
+
+    EXITED = "exited"
+    UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_FAILED = "upstream_failed"
+    BROWSER_LEFT = "browser_left"
+    BROWSER_PROTOCOL_ERROR = "browser_protocol_error"
+    MESSAGE_TOO_BIG = "message_too_big"
+    REVOKED = "revoked"
+    CHANGED = "changed"
+    AUTH_UNAVAILABLE = "auth_unavailable"
+    TIME_LIMIT = "time_limit"
+    IDLE = "idle"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal_error"
+
+
+# reason → (browser code, browser reason, upstream code). The one table of close codes;
+# docs/close-codes.md documents it and tests/test_gateway.py checks both agree.
+CLOSE_CODES: dict[StopReason, tuple[int, str, int]] = {
+    StopReason.EXITED: (1000, "exit code {exit_code}", 1000),
+    StopReason.UPSTREAM_CLOSED: (1000, "session ended", 1000),
+    StopReason.UPSTREAM_FAILED: (1014, "upstream failed: {detail}", 1000),
+    StopReason.BROWSER_LEFT: (1000, "", 1000),
+    StopReason.BROWSER_PROTOCOL_ERROR: (1002, "protocol error: {detail}", 1000),
+    StopReason.MESSAGE_TOO_BIG: (1009, "message too big", 1000),
+    StopReason.REVOKED: (4001, "authorization revoked", 1000),
+    StopReason.CHANGED: (4002, "connection details changed", 1000),
+    StopReason.AUTH_UNAVAILABLE: (4003, "authorization unavailable", 1000),
+    StopReason.TIME_LIMIT: (4004, "session time limit reached", 1000),
+    StopReason.IDLE: (4005, "idle timeout", 1000),
+    StopReason.SHUTDOWN: (1001, "server shutting down", 1001),
+    StopReason.INTERNAL: (1011, "internal error", 1011),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The first stopper's verdict; ``detail`` is for logs and some close reasons."""
+
+    reason: StopReason
+    detail: str = ""
+    exit_code: int | None = None
+
+    @property
+    def browser_code(self) -> int:
+        return CLOSE_CODES[self.reason][0]
+
+    @property
+    def upstream_code(self) -> int:
+        return CLOSE_CODES[self.reason][2]
+
+    @property
+    def browser_reason(self) -> str:
+        template = CLOSE_CODES[self.reason][1]
+        text = template.format(exit_code=self.exit_code, detail=self.detail or "closed")
+        return _truncate(text, 123)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Timers and polling for one session (seconds; 0 disables)."""
+
+    max_duration: float = 0.0
+    idle_timeout: float = 0.0
+    poll_interval: float = 60.0
+    poll_jitter: float = 0.1
+    poll_failure_grace: int = 2
+    close_timeout: float = 5.0
+
+
+class Session:
+    """One relayed terminal: browser socket, upstream socket, stoppers."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        browser: web.WebSocketResponse,
+        browser_codec: Codec,
+        upstream: ClientWebSocketResponse,
+        upstream_codec: Codec,
+        authorizer: Authorizer,
+        request: BrowserRequest,
+        grant: Grant,
+        limits: SessionLimits,
+        shutdown: asyncio.Event,
+    ) -> None:
+        self.id = session_id
+        self.browser = browser
+        self.browser_codec = browser_codec
+        self.upstream = upstream
+        self.upstream_codec = upstream_codec
+        self._authorizer = authorizer
+        self._request = request
+        self._grant = grant
+        self._limits = limits
+        self._shutdown = shutdown
+        # Payload bytes relayed: browser→upstream and upstream→browser (wire sizes).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # The process's exit as the upstream reported it, once it has.
+        self.exit: Exit | None = None
+        # Loop time of the last data frame either way (for the idle timeout).
+        self._last_activity = 0.0
+        # How the upstream closed, when it did: (code, reason).
+        self.upstream_close: tuple[int | None, str] | None = None
+        self.started = time.monotonic()
+        # Resolved when run() has closed both sides (waited on by the drain).
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # Public API -----------------------------------------------------------------
+
+    async def run(self) -> Stop:
+        """Relay until the first stopper fires; close both sides; return why."""
+        try:
+            return await self._run()
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    async def _run(self) -> Stop:
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        tasks: list[asyncio.Task[Stop]] = [
+            spawn(self._pump_upstream(), name=f"session-{self.id}-upstream-to-browser"),
+            spawn(self._pump_browser(), name=f"session-{self.id}-browser-to-upstream"),
+            spawn(self._wait_shutdown(), name=f"session-{self.id}-shutdown"),
+        ]
+        limit = _min_positive(self._grant.details.max_session_time, self._limits.max_duration)
+        if limit:
+            tasks.append(spawn(self._time_limit(limit), name=f"session-{self.id}-time-limit"))
+        if self._limits.idle_timeout:
+            tasks.append(spawn(self._idle(), name=f"session-{self.id}-idle"))
+        if self._limits.poll_interval:
+            tasks.append(spawn(self._repoll(), name=f"session-{self.id}-repoll"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            stop = _first_stop(tasks, done)
+        except asyncio.CancelledError:
+            stop = Stop(StopReason.SHUTDOWN, "handler cancelled")
+            await cancel_and_wait(tasks)
+            await self._close(stop)
+            raise
+        finally:
+            await cancel_and_wait(tasks)
+        await self._close(stop)
+        return stop
+
+    # Pumps -------------------------------------------------------------------------
+
+    async def _pump_upstream(self) -> Stop:
+        """Upstream → browser. Returns when the upstream closes or the browser is gone."""
+        upstream, browser = self.upstream, self.browser
+        decode, encode = self.upstream_codec.decode, self.browser_codec.encode
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await upstream.receive()
+            if msg.type in _DATA:
+                payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                self._last_activity = loop.time()
+                try:
+                    events = decode(msg.type, payload)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    return Stop(StopReason.UPSTREAM_FAILED, f"invalid frame from upstream: {exc}")
+                for event in events:
+                    if type(event) is Exit:
+                        self.exit = event
+                    for opcode, data in encode(event):
+                        try:
+                            await browser.send_frame(data, WSMsgType(opcode))
+                        except ConnectionError:
+                            return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                        self.bytes_out += len(data)
+                continue
+            return await self._upstream_ended(msg.type, msg.data, msg.extra)
+
+    async def _pump_browser(self) -> Stop:
+        """Browser → upstream. Returns when the browser leaves or the upstream is gone."""
+        upstream, browser = self.upstream, self.browser
+        decode, encode = self.browser_codec.decode, self.upstream_codec.encode
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await browser.receive()
+            if msg.type in _DATA:
+                payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                self._last_activity = loop.time()
+                self.bytes_in += len(payload)
+                try:
+                    events = decode(msg.type, payload)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+                for event in events:
+                    for opcode, data in encode(event):
+                        try:
+                            await upstream.send_frame(data, WSMsgType(opcode))
+                        except ConnectionError:
+                            return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+                continue
+            if msg.type is WSMsgType.ERROR and _is_too_big(msg.data):
+                return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
+            code = browser.close_code
+            return Stop(StopReason.BROWSER_LEFT, f"browser closed ({code})")
+
+    async def _upstream_ended(self, kind: WSMsgType, data: Any, extra: Any) -> Stop:
+        # A CLOSE message carries the peer's own code; ws.close_code may already say 1006
+        # when our automatic close reply could not be written (the peer hung up first).
+        code = (
+            data if kind is WSMsgType.CLOSE and isinstance(data, int) else self.upstream.close_code
+        )
+        reason = extra if isinstance(extra, str) else ""
+        self.upstream_close = (code, reason)
+        if kind is WSMsgType.ERROR:
+            return Stop(StopReason.UPSTREAM_FAILED, f"{type(data).__name__}: {data}")
+        if code in (1000, 1001):
+            if self.exit is None and self.upstream_codec.name in _K8S_V1 and code == 1000:
+                # channel.k8s.io v1 writes the error stream only on failure: a clean close
+                # without one is success.
+                self.exit = Exit(0)
+                for opcode, data in self.browser_codec.encode(self.exit):
+                    try:
+                        await self.browser.send_frame(data, WSMsgType(opcode))
+                    except ConnectionError:
+                        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+            if self.exit is not None:
+                exit_code = self.exit.code
+                if exit_code is None:
+                    return Stop(StopReason.UPSTREAM_FAILED, self.exit.message or "command failed")
+                return Stop(StopReason.EXITED, self.exit.message, exit_code=exit_code)
+            return Stop(StopReason.UPSTREAM_CLOSED, f"upstream closed ({code})")
+        if code is None or code == 1006:
+            return Stop(StopReason.UPSTREAM_FAILED, "connection lost")
+        return Stop(StopReason.UPSTREAM_FAILED, f"closed with {code} {reason}".strip())
+
+    # Stoppers ----------------------------------------------------------------------
+
+    async def _wait_shutdown(self) -> Stop:
+        await self._shutdown.wait()
+        return Stop(StopReason.SHUTDOWN, "server shutting down")
+
+    async def _time_limit(self, limit: float) -> Stop:
+        await asyncio.sleep(limit)
+        return Stop(StopReason.TIME_LIMIT, f"{limit:g}s")
+
+    async def _idle(self) -> Stop:
+        loop = asyncio.get_running_loop()
+        idle = self._limits.idle_timeout
+        while True:
+            remaining = self._last_activity + idle - loop.time()
+            if remaining <= 0:
+                return Stop(StopReason.IDLE, f"no traffic for {idle:g}s")
+            await asyncio.sleep(remaining)
+
+    async def _repoll(self) -> Stop:
+        """Re-ask the authorization API; compare what it says with the original grant."""
+        limits = self._limits
+        failures = 0
+        while True:
+            jitter = 1 + random.uniform(-limits.poll_jitter, limits.poll_jitter)  # noqa: S311
+            await asyncio.sleep(limits.poll_interval * jitter)
+            try:
+                answer = await self._authorizer.authorize(self._request)
+            except AuthorizationError as exc:
+                failures += 1
+                log.warning(
+                    "session %s: re-authorization failed (%d/%d): %s",
+                    self.id,
+                    failures,
+                    limits.poll_failure_grace,
+                    exc.detail,
+                )
+                if failures >= limits.poll_failure_grace:
+                    return Stop(StopReason.AUTH_UNAVAILABLE, exc.public)
+                continue
+            if isinstance(answer, PassBack):
+                if answer.status >= 500:
+                    failures += 1
+                    log.warning(
+                        "session %s: re-authorization answered %d (%d/%d)",
+                        self.id,
+                        answer.status,
+                        failures,
+                        limits.poll_failure_grace,
+                    )
+                    if failures >= limits.poll_failure_grace:
+                        return Stop(StopReason.AUTH_UNAVAILABLE, f"status {answer.status}")
+                    continue
+                return Stop(StopReason.REVOKED, f"authorization answered {answer.status}")
+            if answer != self._grant:
+                return Stop(StopReason.CHANGED, "re-authorization returned other details")
+            failures = 0
+
+    # Closing -------------------------------------------------------------------------
+
+    async def _close(self, stop: Stop) -> None:
+        """Close both sockets with the stop's codes, concurrently, within close_timeout."""
+        await asyncio.gather(self._close_upstream(stop), self._close_browser(stop))
+
+    async def _close_upstream(self, stop: Stop) -> None:
+        ws = self.upstream
+        if ws.closed:
+            return
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                if stop.reason is not StopReason.UPSTREAM_FAILED:
+                    # Tell the process its input ended (v5 close signal, or EOT like
+                    # Workhorse) so the exec'd shell exits rather than lingering.
+                    for opcode, data in self.upstream_codec.encode(StdinClosed()):
+                        await ws.send_frame(data, WSMsgType(opcode))
+                await ws.close(code=stop.upstream_code, message=_reason_bytes(stop.reason.value))
+        except (TimeoutError, ConnectionError):
+            pass
+
+    async def _close_browser(self, stop: Stop) -> None:
+        ws = self.browser
+        if ws.closed:
+            return
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                await ws.close(code=stop.browser_code, message=_reason_bytes(stop.browser_reason))
+        except (TimeoutError, ConnectionError):
+            pass
+
+
+def _first_stop(tasks: list[asyncio.Task[Stop]], done: set[asyncio.Task[Stop]]) -> Stop:
+    for task in tasks:  # in priority order: pumps first, then stoppers
+        if task in done:
+            exc = task.exception()
+            if exc is not None:
+                log.error("session task %s crashed", task.get_name(), exc_info=exc)
+                return Stop(StopReason.INTERNAL, type(exc).__name__)
+            return task.result()
+    raise AssertionError("asyncio.wait returned without a finished task")
+
+
+def _min_positive(*values: float) -> float:
+    positive = [v for v in values if v > 0]
+    return min(positive) if positive else 0.0
+
+
+def _is_too_big(exc: Any) -> bool:
+    return getattr(exc, "code", None) == 1009
+
+
+def _truncate(text: str, limit: int) -> str:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _reason_bytes(text: str) -> bytes:
+    return _truncate(text, 123).encode()

@@ -1,0 +1,212 @@
+"""Dialling the upstream, before the browser is upgraded.
+
+``Dialer.dial(details, forwarded_for)`` checks the allowlist, opens the WebSocket with the
+authorized headers (plus X-Forwarded-For, never the browser's cookies), verifies TLS
+against the details' CA, offers the subprotocols (v5/v4 first where ``channel.k8s.io``
+is named) and returns the connected socket and its codec. Every failure becomes an
+``UpstreamError`` whose public text names the cause: refused, TLS, timeout, or the
+kube-apiserver's own Status message for a rejected handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientWebSocketResponse
+
+from .channel import ConnectionDetails, HostMatcher, ssl_context_for
+from .config import UpstreamConfig
+from .errors import UpstreamDialFailed, UpstreamTimeout
+from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
+
+__all__ = ["Dialer", "Upstream"]
+
+log = logging.getLogger("terminal_proxy.upstream")
+
+_ERROR_BODY_LIMIT = 16 * 1024
+
+
+class HandshakeRejected(Exception):
+    """The upstream answered the upgrade with an HTTP status instead of 101."""
+
+    def __init__(self, status: int, reason: str, content_type: str, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.reason = reason
+        self.content_type = content_type
+        self.body = body
+
+
+class _Response(aiohttp.ClientResponse):
+    """Reads a bounded error body when the upgrade is refused.
+
+    aiohttp's ws_connect closes a non-101 response without reading it, and the
+    kube-apiserver puts the only useful explanation (its Status JSON) in that body.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        response = await super().start(connection)
+        if self.status != 101 and self.method == "GET":
+            body = b""
+            try:
+                while len(body) < _ERROR_BODY_LIMIT and not self.content.at_eof():
+                    chunk = await self.content.read(_ERROR_BODY_LIMIT - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            raise HandshakeRejected(
+                self.status, self.reason or "", self.headers.get("Content-Type", ""), body
+            )
+        return response
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A connected upstream: the socket and the codec of what it negotiated."""
+
+    ws: ClientWebSocketResponse
+    codec: Codec
+    subprotocol: str
+
+
+class Dialer:
+    """Owns the aiohttp client session used for every upstream connection."""
+
+    def __init__(self, config: UpstreamConfig, *, close_timeout: float) -> None:
+        self._config = config
+        self._close_timeout = close_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # limit=0: aiohttp's default of 100 connections would cap us at 100 sessions.
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            response_class=_Response,
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def check_allowed(self, details: ConnectionDetails) -> None:
+        allowlist: tuple[HostMatcher, ...] = self._config.allowed_hosts  # type: ignore[assignment]
+        details.check_allowed(allowlist)
+
+    async def dial(self, details: ConnectionDetails, *, forwarded_for: str) -> Upstream:
+        """Connect; the allowlist is checked here too, so nothing else is ever dialled."""
+        assert self._session is not None, "Dialer.start() was not called"
+        self.check_allowed(details)
+        offer = upstream_offer(details.subprotocols, offer_v5=self._config.offer_v5)
+        headers = details.header_items()
+        if forwarded_for:
+            headers.append(("X-Forwarded-For", forwarded_for))
+        where = details.target.describe()
+        try:
+            async with asyncio.timeout(self._config.dial_timeout):
+                ws = await self._session.ws_connect(
+                    details.url,
+                    protocols=offer,
+                    headers=headers,
+                    ssl=self._ssl(details),
+                    heartbeat=self._config.ping_interval or None,
+                    max_msg_size=self._config.max_message_size,
+                    autoclose=True,
+                    autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._close_timeout),
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                "upstream did not answer in time",
+                detail=f"dialling {where} timed out after {self._config.dial_timeout}s",
+            ) from exc
+        except HandshakeRejected as exc:
+            raise _rejected(exc, where) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamDialFailed(
+                "upstream TLS verification failed",
+                detail=f"TLS verification of {where} failed: {exc.certificate_error}",
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise UpstreamDialFailed(
+                "upstream TLS handshake failed", detail=f"TLS with {where} failed: {exc}"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamDialFailed(
+                "upstream refused the connection",
+                detail=f"connecting to {where} failed: {exc.os_error!r}",
+            ) from exc
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamDialFailed(
+                "upstream did not complete the WebSocket handshake",
+                detail=f"handshake with {where} failed: {exc.message} (status {exc.status})",
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamDialFailed(
+                "upstream connection failed",
+                detail=f"dialling {where} failed: {type(exc).__name__}: {exc}",
+            ) from exc
+        if self._config.pong_timeout and self._config.ping_interval:
+            # aiohttp's pong deadline is half the heartbeat unless told otherwise.
+            ws._pong_heartbeat = self._config.pong_timeout
+        chosen = ws.protocol or _fallback(details.subprotocols)
+        return Upstream(ws, codec_for(_codec_name(chosen), Role.CLIENT), chosen)
+
+    def _ssl(self, details: ConnectionDetails) -> ssl.SSLContext | bool:
+        if details.scheme != "wss":
+            return True  # plain ws: aiohttp ignores it
+        if self._config.insecure_skip_tls_verify:
+            return False
+        return ssl_context_for(details.ca_pem)
+
+
+def _fallback(offered: tuple[str, ...]) -> str:
+    """No subprotocol echoed: a kubelet treats that as binary channel.k8s.io; assume
+    the first one the authorization named, or a raw byte stream."""
+    for name in offered:
+        if name in UPSTREAM_SUBPROTOCOLS:
+            return name
+    return ""
+
+
+def _codec_name(name: str) -> str:
+    # Unknown or no subprotocol: relay bytes as a raw stream (Workhorse passes through).
+    return name if name in UPSTREAM_SUBPROTOCOLS else "terminal.gitlab.com"
+
+
+def _rejected(exc: HandshakeRejected, where: str) -> UpstreamDialFailed:
+    message = _status_message(exc.content_type, exc.body)
+    public = f"upstream refused the terminal: HTTP {exc.status}"
+    if message:
+        public += f": {message}"
+    elif exc.status == 403 and not exc.body:
+        public += " (no common subprotocol?)"
+    return UpstreamDialFailed(public, detail=f"{where} answered {exc.status}: {message}")
+
+
+def _status_message(content_type: str, body: bytes) -> str:
+    """The message of a Kubernetes Status document, or the first line of a text body."""
+    if not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return str(doc["message"])[:300]
+    if content_type.startswith("text/"):
+        first = body.decode("utf-8", "replace").strip().splitlines()
+        return first[0][:300] if first else ""
+    return ""

@@ -23,9 +23,15 @@ from terminal_proxy.config import Config, load_config
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import ExecSession, FakeKubeApiServer
 from tests.fakes.runner_session import FakeRunnerSession
+from tests.logcapture import install as install_log_capture
+from tests.logcapture import remember_secret
 
 # One unit for every safety-net timeout, scalable on slow machines.
 UNIT = float(os.environ.get("TERMINAL_PROXY_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install_log_capture()
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +43,9 @@ def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def secret() -> bytes:
-    return secrets.token_bytes(32)
+    value = secrets.token_bytes(32)
+    remember_secret(base64.b64encode(value).decode())
+    return value
 
 
 class Kube(FakeKubeApiServer):
@@ -45,12 +53,14 @@ class Kube(FakeKubeApiServer):
 
     def __init__(self, **kwargs: Any) -> None:
         self.token = secrets.token_urlsafe(18)
+        remember_secret(self.token)
         super().__init__(tokens=(self.token,), **kwargs)
 
 
 @pytest.fixture
 async def kube() -> AsyncIterator[Kube]:
-    async with Kube() as server:
+    server = Kube()
+    async with server:
         yield server
 
 
@@ -59,6 +69,10 @@ async def auth_api(secret: bytes, kube: Kube) -> AsyncIterator[FakeAuthApi]:
     async with FakeAuthApi(secret=secret) as api:
         api.channel = gitlab_channel(kube)
         yield api
+        for request in api.requests:
+            for name in ("gitlab-workhorse-api-request", "terminal-proxy-api-request", "cookie"):
+                for value in request.headers.get(name, []):
+                    remember_secret(value)
 
 
 def gitlab_channel(
@@ -147,6 +161,8 @@ async def gateway(make_gateway: GatewayFactory) -> TestServer:
 @pytest.fixture
 async def runner() -> AsyncIterator[FakeRunnerSession]:
     async with FakeRunnerSession() as server:
+        remember_secret(server.token)
+        remember_secret(server.session_id)
         yield server
 
 

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from terminal_proxy.protocols import (
     STDERR,
@@ -70,7 +71,9 @@ class Term:
                     self.exits.append(event)
             return
         self.closed = True
-        self.close_code = self.ws.close_code
+        # The code in the peer's close frame (ws.close_code turns 1006 when our automatic
+        # reply races the peer hanging up).
+        self.close_code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else self.ws.close_code
         self.close_reason = msg.extra if isinstance(msg.extra, str) else ""
 
     async def read_until(self, needle: bytes, *, stream: str = "stdout") -> bytes:
@@ -112,7 +115,7 @@ async def raw_handshake(
     headers: dict[str, str] | None = None,
     upgrade: bool = True,
     connection: bool = True,
-) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, str, CIMultiDictProxy[str]]:
     """An upgrade request made by hand, to read the status and body of a refusal."""
     hdrs = {"Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     if upgrade:

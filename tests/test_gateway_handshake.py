@@ -150,9 +150,7 @@ async def test_authorization_api_down_is_502(
     make_gateway: GatewayFactory, browser: aiohttp.ClientSession
 ) -> None:
     """An unreachable API gives 502 with the reason."""
-    server = await make_gateway(
-        authorization={"backend": f"http://127.0.0.1:{_closed_port()}"}
-    )
+    server = await make_gateway(authorization={"backend": f"http://127.0.0.1:{_closed_port()}"})
     status, body, _ = await raw_handshake(browser, url(server))
     assert status == 502 and "authorization API unreachable" in body
 
@@ -230,7 +228,9 @@ async def test_upstream_not_on_allowlist_is_never_dialled(
 
 
 async def test_upstream_refused_is_502(
-    gateway: TestServer, browser: aiohttp.ClientSession, auth_api: FakeAuthApi,
+    gateway: TestServer,
+    browser: aiohttp.ClientSession,
+    auth_api: FakeAuthApi,
     make_gateway: GatewayFactory,
 ) -> None:
     """A closed upstream port gives 502 'upstream refused the connection'."""
@@ -282,7 +282,9 @@ async def test_upstream_rejection_carries_kube_status_message(
 
 
 async def test_authorize_request_follows_the_gitlab_contract(
-    gateway: TestServer, browser: aiohttp.ClientSession, auth_api: FakeAuthApi,
+    gateway: TestServer,
+    browser: aiohttp.ClientSession,
+    auth_api: FakeAuthApi,
     kube: Kube,
 ) -> None:
     """Path+/authorize, query, Host, cookies, signed JWT; no hop-by-hop headers."""

@@ -201,9 +201,7 @@ async def test_all_output_before_close_reaches_browser(
     gateway: TestServer, auth_api: FakeAuthApi, kube: Kube, browser: aiohttp.ClientSession
 ) -> None:
     """Bytes the upstream wrote right before closing all arrive before the close frame."""
-    auth_api.channel = gitlab_channel(
-        kube, command=["blob", "3000000", "7", "1000"], tty=False
-    )
+    auth_api.channel = gitlab_channel(kube, command=["blob", "3000000", "7", "1000"], tty=False)
     term = await _open(gateway, browser)
     closed = await term.wait_closed()
     session = kube.sessions[-1]

@@ -596,8 +596,8 @@ class ExecSession:
         self.close_signals: list[int] = []
         # True once a 0x04 byte arrived on stream 0 (in any mode; it ends stdin only under tty).
         self.eot = False
-        # Close code/reason of a close frame the client sent first (None: server closed first or
-        # the connection dropped).
+        # Code of the client's close frame, whether it closed first or answered ours; the reason
+        # only when the client closed first. None when no close frame came (dropped connection).
         self.client_close_code: int | None = None
         self.client_close_reason: str | None = None
         # What the fake reported on stream 3: exit code, and the Status (dict for v4/v5, str for
@@ -620,6 +620,8 @@ class ExecSession:
         self._stdin_hash = hashlib.sha256()
         self._changed = asyncio.Event()
         self._finish: asyncio.Future[_Finish] = asyncio.get_running_loop().create_future()
+        # Set once the session stops running (status written, or the connection gone).
+        self._ending = asyncio.Event()
         self._transport: asyncio.Transport | None = None
         self._ws: web.WebSocketResponse | None = None
         self._wire = _Wire(subprotocol)
@@ -718,14 +720,20 @@ class ExecSession:
         close_code: int = 1000,
         timeout: float = _DEFAULT_WAIT,
     ) -> None:
-        """End the session from the server side and wait until it is closed.
+        """End the session from the server side.
 
         The running process is stopped; the status for ``exit_code`` (or an InternalError
         carrying ``error``) goes out on stream 3, then a close frame with ``close_code``.
+        Returns once the status is written and closing has begun (the close handshake needs
+        the client to read); ``wait_closed()`` waits for the end.
         """
         if not self._finish.done():
             self._finish.set_result(_Finish(exit_code, error, close_code))
-        await self.wait_closed(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ending.wait()
+        except TimeoutError:
+            raise TimeoutError(f"{self!r} did not finish within {timeout}s") from None
 
     def abort(self) -> None:
         """Drop the TCP connection at once: no status, no close frame."""
@@ -1537,14 +1545,23 @@ class FakeKubeApiServer:
         try:
             waiters: set[asyncio.Future[Any]] = {reader, process, session._finish}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            outcome, reason = self._outcome(session, process)
-            if outcome is not None and not ws.closed:
-                process.cancel()
+            outcome, reason = self._outcome(session, reader, process)
+            if outcome is not None:
+                # Stop reading first: aiohttp's close() must not race a pending receive().
+                # close() then waits for the client's close frame (up to its timeout).
+                for task in (process, reader):
+                    task.cancel()
+                await asyncio.wait({process, reader})
                 stdin.close_read()
-                await self._send_status(session, ws, outcome)
-                await ws.close(code=outcome.close_code)
-                session.end_reason = session.end_reason or reason
+                if not ws.closed and not session._aborted:
+                    await self._send_status(session, ws, outcome)
+                    session.end_reason = reason
+                    session._ending.set()
+                    await ws.close(code=outcome.close_code)
+                    if ws.exception() is None:
+                        session.client_close_code = ws.close_code
         finally:
+            session._ending.set()
             stdin.close_read()
             for task in (reader, process):
                 task.cancel()
@@ -1558,8 +1575,16 @@ class FakeKubeApiServer:
                     session.end_reason = "connection-lost"
 
     @staticmethod
-    def _outcome(session: ExecSession, process: asyncio.Task[int]) -> tuple[_Finish | None, str]:
-        """What to report on stream 3, if anything: a finish() request beats the exit."""
+    def _outcome(
+        session: ExecSession, reader: asyncio.Task[str], process: asyncio.Task[int]
+    ) -> tuple[_Finish | None, str]:
+        """What to report on stream 3, if anything.
+
+        A connection that is already gone gets nothing; else a finish() request beats the
+        process's own exit.
+        """
+        if reader.done():
+            return None, ""
         if session._finish.done():
             return session._finish.result(), "finished"
         if not process.done():

@@ -33,7 +33,7 @@ from .errors import (
     UpgradeNotAllowed,
 )
 from .protocols import BROWSER_SUBPROTOCOLS, Role, codec_for, negotiate
-from .session import Session, SessionLimits, Stop
+from .session import Session, SessionLimits, Stop, StopReason
 from .upstream import Dialer
 
 __all__ = ["GATEWAY", "Gateway", "build_app"]
@@ -205,6 +205,8 @@ async def _terminal(
         protocols=(chosen,),
         heartbeat=config.browser.ping_interval or None,
         max_msg_size=config.browser.max_message_size,
+        # Bytes queued towards a slow browser before the upstream pump waits for it.
+        writer_limit=config.session.max_buffer,
         timeout=config.session.close_timeout,
         compress=False,
         autoping=True,
@@ -236,10 +238,11 @@ async def _terminal(
     session_log.info("session opened", extra={"fields": fields})
     gateway.sessions.add(session)
     try:
-        stop = await session.run()
+        await session.run()
     finally:
         gateway.sessions.discard(session)
-    session_log.info("session ended", extra={"fields": fields | _end_fields(session, stop)})
+        stop = session.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
+        session_log.info("session ended", extra={"fields": fields | _end_fields(session, stop)})
     return browser
 
 

@@ -143,6 +143,8 @@ class Session:
         # How the upstream closed, when it did: (code, reason).
         self.upstream_close: tuple[int | None, str] | None = None
         self.started = time.monotonic()
+        # Why the session ended, once it has.
+        self.stop: Stop | None = None
         # Resolved when run() has closed both sides (waited on by the drain).
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -173,16 +175,21 @@ class Session:
             tasks.append(spawn(self._repoll(), name=f"session-{self.id}-repoll"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            stop = _first_stop(tasks, done)
+            self.stop = _first_stop(tasks, done)
         except asyncio.CancelledError:
-            stop = Stop(StopReason.SHUTDOWN, "handler cancelled")
+            # The server cancelled the handler: its connection to the browser is gone
+            # (aiohttp's handler_cancellation) or it is shutting down for good.
+            if self.browser.closed:
+                self.stop = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+            else:
+                self.stop = Stop(StopReason.SHUTDOWN, "handler cancelled")
             await cancel_and_wait(tasks)
-            await self._close(stop)
+            await self._close(self.stop)
             raise
         finally:
             await cancel_and_wait(tasks)
-        await self._close(stop)
-        return stop
+        await self._close(self.stop)
+        return self.stop
 
     # Pumps -------------------------------------------------------------------------
 

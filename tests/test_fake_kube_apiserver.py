@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import WSMsgType
 
 from tests.fakes.kube_apiserver import (
@@ -87,7 +89,10 @@ async def connect(
     **kwargs: Any,
 ) -> aiohttp.ClientWebSocketResponse:
     all_headers = (auth(token) if token is not None else {}) | (headers or {})
-    return await http.ws_connect(url, protocols=protocols, headers=all_headers, **kwargs)
+    ws: aiohttp.ClientWebSocketResponse = await http.ws_connect(
+        url, protocols=protocols, headers=all_headers, **kwargs
+    )
+    return ws
 
 
 def frame(stream: int, payload: bytes = b"") -> bytes:
@@ -404,18 +409,15 @@ async def test_unscheduled_pod_is_400(kube: FakeKubeApiServer, http: aiohttp.Cli
 
 
 @pytest.mark.parametrize(
-    "flags",
-    [
-        {"stdin": False, "stdout": False, "stderr": False, "tty": False},
-        {"stdin": False, "stdout": False, "stderr": True, "tty": True},
-    ],
-    ids=["none", "tty-bypasses-stderr"],
+    ("stderr", "tty"), [(False, False), (True, True)], ids=["none", "tty-bypasses-stderr"]
 )
 async def test_no_streams_is_400_plain_text(
-    kube: FakeKubeApiServer, http: aiohttp.ClientSession, flags: dict[str, bool]
+    kube: FakeKubeApiServer, http: aiohttp.ClientSession, stderr: bool, tty: bool
 ) -> None:
     """Without stdin/stdout/stderr (stderr is bypassed under tty) the upgrade is refused."""
-    url = kube.exec_url(command=["echo"], **flags).replace("wss://", "https://")
+    url = kube.exec_url(
+        command=["echo"], stdin=False, stdout=False, stderr=stderr, tty=tty, scheme="https"
+    )
     async with http.get(url, headers=spdy_headers() | {"Upgrade": "websocket"}) as r:
         assert r.status == 400
         assert await r.text() == "you must specify at least 1 of stdin, stdout, stderr\n"
@@ -606,6 +608,7 @@ async def test_v4_base64_uses_text_frames(
     await ws.send_str(b64frame(0, b"hi\n"))
     assert (await ws.receive()).data == b64frame(1, b"hi\n")
     await ws.send_str("0!!notbase64")
+    await session.wait_until(lambda: bool(session.protocol_errors), "the bad frame")
     await session.finish(0)
     transcript = await read_all(ws, b64=True)
     assert transcript.opcodes == {WSMsgType.TEXT}
@@ -1023,19 +1026,25 @@ async def test_closing_the_server_drops_live_sessions(http: aiohttp.ClientSessio
     assert (await read_all(ws)).end in (WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
-async def test_cli_prints_ready_and_serves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cert", ["generated", "files"])
+async def test_cli_prints_ready_and_serves(tmp_path: Path, cert: str) -> None:
     """python -m tests.fakes.kube_apiserver prints READY <url> and then serves requests."""
-    ca = tmp_path / "ca.pem"
+    ca_file = tmp_path / "ca.pem"
+    args = ["--port", "0", "--token", "t0k=bob"]
+    if cert == "files":
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1")
+        ca.cert_pem.write_to_path(str(ca_file))
+        issued.cert_chain_pems[0].write_to_path(str(tmp_path / "srv.pem"))
+        issued.private_key_pem.write_to_path(str(tmp_path / "srv.key"))
+        args += ["--tls-cert", str(tmp_path / "srv.pem"), "--tls-key", str(tmp_path / "srv.key")]
+    else:
+        args += ["--write-ca", str(ca_file)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.fakes.kube_apiserver",
-        "--port",
-        "0",
-        "--token",
-        "t0k=bob",
-        "--write-ca",
-        str(ca),
+        *args,
         stdout=asyncio.subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[1],
     )
@@ -1045,9 +1054,7 @@ async def test_cli_prints_ready_and_serves(tmp_path: Path) -> None:
             line = (await proc.stdout.readline()).decode()
         assert line.startswith("READY https://127.0.0.1:")
         url = line.split()[1]
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx = ssl.create_default_context(cafile=str(ca_file))
         async with (
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http,
             http.get(f"{url}/api/v1/namespaces/default/pods/mypod", headers=auth("t0k")) as r,

@@ -87,6 +87,8 @@ async def test_serve_with_flags_only(
         term = await open_term(browser, gateway.url + ENV_PATH, "v5.channel.k8s.io")
         await term.send_stdin(b"echo flags\r")
         await term.read_until(b"\r\nflags\r\n")
+        await term.ws.close()
+        await gateway.wait_for_line(lambda line: "session ended" in line)
         assert await gateway.stop(signal.SIGINT) == 0
 
 

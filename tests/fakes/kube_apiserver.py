@@ -1,14 +1,24 @@
 """A protocol-faithful fake kube-apiserver for pods/exec and pods/attach over WebSocket.
 
-It speaks the exec/attach protocol the way kubectl and kube-apiserver do (see
-/work/shared/reference/kubernetes-exec.md): bearer-token authentication (header, or the
-``base64url.bearer.authorization.k8s.io.`` subprotocol for WebSockets), enough discovery for
-kubectl, pods, the pre-upgrade errors with their real Status bodies, subprotocol negotiation
-(v5/v4/v4.base64/v1/base64 v1), the channel framing, the v5 close signal, resize, and the final
-status on stream 3 followed by a close with code 1000.
+It speaks the exec/attach protocol the way kubectl and kube-apiserver (with the kubelet behind
+it) do: bearer-token authentication (header, or the ``base64url.bearer.authorization.k8s.io.``
+subprotocol on WebSockets), enough discovery for kubectl, pods, the pre-upgrade errors with
+their real Status bodies, subprotocol negotiation (v5/v4/v4.base64/v1/base64 v1), the channel
+framing, the v5 close signal, resize, and the final status on stream 3 followed by a close
+with code 1000.
 
-Behind the WebSocket runs a tiny "container": ``echo``, ``cat``, ``sh -c``, an interactive
-``sh``, ``blob`` (deterministic bulk output), ``sink`` (hashes stdin), ``exit``, ``stty size``.
+Where the real server is strict, so is this one; where it is lenient, so is this one:
+
+* a Sec-WebSocket-Protocol list containing v5 anywhere gets v5 (the apiserver's stream
+  translator, ≥ 1.30); otherwise the client's list is walked in order. No match: empty 403.
+* ``[255, id]`` under v5: id 0 ends stdin, ids 1-4 are recorded, any other shape drops the
+  connection; under other protocols a 255 frame is an unknown channel and is ignored.
+* no stdin/stdout/stderr (stderr does not count under tty) is the kubelet's plain-text 400.
+* text or binary frames are accepted under every protocol (x/net/websocket reads both).
+
+Behind the WebSocket runs a tiny "container": ``echo``, ``echoerr``, ``cat``, ``sh -c``, an
+interactive ``sh``, ``blob`` (deterministic bulk output), ``sink`` (hashes stdin), ``exit``,
+``stty size``, ``true``/``false``.
 
 Every exec/attach session is recorded in an :class:`ExecSession` that tests synchronise on
 (``await session.wait_for_stdin(b"x")``, ``await session.wait_closed()``), never on sleeps.
@@ -533,8 +543,8 @@ class _Finish:
     close_code: int = 1000
 
 
-class _OutputClosed(Exception):
-    """The WebSocket is gone; the process cannot write any more."""
+class _OutputClosed(ConnectionError):
+    """The WebSocket is gone; nothing more can be written to it."""
 
 
 class ExecSession:
@@ -651,24 +661,34 @@ class ExecSession:
         return STREAM_STDIN in self.close_signals
 
     async def wait_until(
-        self, predicate: Callable[[], bool], what: str, timeout: float = _DEFAULT_WAIT
+        self,
+        predicate: Callable[[], bool],
+        what: str | Callable[[], str],
+        timeout: float = _DEFAULT_WAIT,
     ) -> None:
-        """Wait until ``predicate()`` holds; fail early if the session closes first."""
+        """Wait until ``predicate()`` holds (re-checked on every recorded change).
+
+        Raises AssertionError as soon as the session closes without it, TimeoutError after
+        ``timeout``; ``what`` (or what it returns, at failure time) describes the condition.
+        """
+
+        def describe() -> str:
+            return what() if callable(what) else what
+
         try:
             async with asyncio.timeout(timeout):
                 while not predicate():
                     if self.closed.is_set():
-                        raise AssertionError(f"{self!r} closed before {what}")
-                    changed = self._changed
-                    await changed.wait()
+                        raise AssertionError(f"{self!r} closed before {describe()}")
+                    await self._changed.wait()
         except TimeoutError:
-            raise TimeoutError(f"{self!r}: timed out after {timeout}s waiting for {what}") from None
+            raise TimeoutError(f"{self!r}: no {describe()} within {timeout}s") from None
 
     async def wait_for_stdin(self, expected: bytes, timeout: float = _DEFAULT_WAIT) -> None:
         """Wait until the stdin received so far contains ``expected``."""
         await self.wait_until(
             lambda: expected in self._stdin_data,
-            f"stdin containing {expected!r} (got {bytes(self._stdin_data[-200:])!r})",
+            lambda: f"stdin containing {expected!r} (got ...{bytes(self._stdin_data[-200:])!r})",
             timeout,
         )
 
@@ -747,6 +767,10 @@ class ExecSession:
         await self._wire.send(self._ws, stream, data)
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _protocol_error(self, message: str) -> None:
+        self.protocol_errors.append(message)
+        self._notify()
 
     def _drop(self) -> None:
         if self._transport is not None:
@@ -858,10 +882,7 @@ class ProcessIO:
         wanted = self.session.stdout if stream == STREAM_STDOUT else self.session.stderr
         if not wanted:
             return
-        try:
-            await self.session.send(stream, data)
-        except ConnectionError as exc:
-            raise _OutputClosed(str(exc)) from exc
+        await self.session.send(stream, data)  # ConnectionError when the client is gone
         if stream == STREAM_STDOUT:
             self.session.stdout_bytes += len(data)
         else:
@@ -1061,6 +1082,19 @@ class _Identity:
     filtered_protocols: str | None = None
 
 
+@dataclass(frozen=True)
+class _StreamTarget:
+    """A pods/exec or pods/attach request that passed the pre-upgrade checks."""
+
+    container: str
+    command: list[str]
+    stdin: bool
+    stdout: bool
+    # False under tty (the kubelet bypasses stderr).
+    stderr: bool
+    tty: bool
+
+
 _POD_PATH = "/api/v1/namespaces/{ns}/pods/{name}"
 # The authenticated user of a request, for the request log.
 _USER_KEY: Final = web.RequestKey("user", str)
@@ -1201,10 +1235,10 @@ class FakeKubeApiServer:
         """``https://127.0.0.1:PORT`` (``http://`` when tls=False)."""
         return f"{'https' if self.tls else 'http'}://{self.host_port}"
 
-    def client_ssl_context(self) -> ssl.SSLContext | None:
-        """An SSL context trusting the fake's CA (None for plain http)."""
-        if not self.tls:
-            return None
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client SSL context trusting the fake's CA (a default one for plain http)."""
+        if not self.ca_pem:
+            return ssl.create_default_context()
         return ssl.create_default_context(cadata=self.ca_pem)
 
     def exec_url(
@@ -1408,6 +1442,79 @@ class FakeKubeApiServer:
         namespace: str,
         name: str,
     ) -> web.StreamResponse:
+        """pods/exec and pods/attach: the pre-upgrade checks, negotiation, then the session."""
+        target = self._check_stream_request(request, identity, kind, namespace, name)
+        if isinstance(target, web.Response):
+            return target
+        offered_first = request.headers.get("Sec-WebSocket-Protocol")
+        candidates = (
+            identity.filtered_protocols
+            if identity.filtered_protocols is not None
+            else offered_first
+        )
+        chosen = negotiate_subprotocol(
+            candidates, self.subprotocols, v5_translator=self.v5_translator
+        )
+        if chosen is None:
+            # golang.org/x/net/websocket: handshake failure → 403 with an empty body.
+            return web.Response(status=403, body=b"")
+
+        ws: web.WebSocketResponse = web.WebSocketResponse(
+            protocols=(chosen,) if chosen else (),
+            compress=False,
+            heartbeat=self.ping_interval,
+            max_msg_size=_MAX_MESSAGE,
+        )
+        # aiohttp echoes what it finds in the (first) header line: hand it only the choice,
+        # so a token entry never reaches its negotiation (or its log).
+        headers = CIMultiDict(request.headers)
+        headers.popall("Sec-WebSocket-Protocol", None)
+        if chosen:
+            headers["Sec-WebSocket-Protocol"] = chosen
+        transport = request.transport
+        await ws.prepare(request.clone(headers=headers))
+
+        self._next_id += 1
+        session = ExecSession(
+            id=self._next_id,
+            kind=kind,
+            namespace=namespace,
+            pod=name,
+            container=target.container,
+            command=target.command,
+            path=request.path,
+            query=MultiDictProxy(MultiDict(request.query)),
+            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
+            user=identity.user,
+            token_source=identity.source,
+            offered_subprotocols=offered_first,
+            subprotocol=chosen,
+            stdin=target.stdin,
+            stdout=target.stdout,
+            stderr=target.stderr,
+            tty=target.tty,
+            record_limit=self.record_limit,
+        )
+        session._ws = ws
+        session._transport = transport
+        self.sessions.append(session)
+        self.new_sessions.put_nowait(session)
+        try:
+            await self._serve(session, ws)
+        finally:
+            session.closed.set()
+            session._notify()
+        return ws
+
+    def _check_stream_request(
+        self,
+        request: web.Request,
+        identity: _Identity,
+        kind: _SessionKind,
+        namespace: str,
+        name: str,
+    ) -> _StreamTarget | web.Response:
+        """The apiserver's (and kubelet's) checks before an upgrade, in their order."""
         upgrade = request.headers.get("Upgrade", "").strip().lower()
         upgrading = "upgrade" in _connection_tokens(request)
         is_ws = upgrading and upgrade == "websocket"
@@ -1461,64 +1568,7 @@ class FakeKubeApiServer:
             )
         if is_spdy:
             return _bad_request("SPDY is not supported by this fake")
-
-        offered_first = request.headers.get("Sec-WebSocket-Protocol")
-        candidates = (
-            identity.filtered_protocols
-            if identity.filtered_protocols is not None
-            else offered_first
-        )
-        chosen = negotiate_subprotocol(
-            candidates, self.subprotocols, v5_translator=self.v5_translator
-        )
-        if chosen is None:
-            # golang.org/x/net/websocket: handshake failure → 403 with an empty body.
-            return web.Response(status=403, body=b"")
-
-        ws: web.WebSocketResponse = web.WebSocketResponse(
-            protocols=(chosen,) if chosen else (),
-            compress=False,
-            heartbeat=self.ping_interval,
-            max_msg_size=_MAX_MESSAGE,
-        )
-        headers = CIMultiDict(request.headers)
-        headers.popall("Sec-WebSocket-Protocol", None)
-        if chosen:
-            headers["Sec-WebSocket-Protocol"] = chosen
-        transport = request.transport
-        await ws.prepare(request.clone(headers=headers))
-
-        self._next_id += 1
-        session = ExecSession(
-            id=self._next_id,
-            kind=kind,
-            namespace=namespace,
-            pod=name,
-            container=container.name,
-            command=command,
-            path=request.path,
-            query=MultiDictProxy(MultiDict(request.query)),
-            headers=CIMultiDictProxy(CIMultiDict(request.headers)),
-            user=identity.user,
-            token_source=identity.source,
-            offered_subprotocols=offered_first,
-            subprotocol=chosen,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            tty=tty,
-            record_limit=self.record_limit,
-        )
-        session._ws = ws
-        session._transport = transport
-        self.sessions.append(session)
-        self.new_sessions.put_nowait(session)
-        try:
-            await self._serve(session, ws)
-        finally:
-            session.closed.set()
-            session._notify()
-        return ws
+        return _StreamTarget(container.name, command, stdin, stdout, stderr, tty)
 
     # ---- a session after the upgrade -------------------------------------------------------
 
@@ -1533,7 +1583,7 @@ class FakeKubeApiServer:
         )
         try:
             await session.send(first, b"")
-        except (ConnectionError, _OutputClosed):
+        except ConnectionError:
             session.end_reason = "connection-lost"
             return
         reader = loop.create_task(
@@ -1566,6 +1616,10 @@ class FakeKubeApiServer:
             for task in (reader, process):
                 task.cancel()
             await asyncio.wait({reader, process})
+            for task in (reader, process):
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None and not isinstance(exc, ConnectionError):
+                    logger.error("%s failed", task.get_name(), exc_info=exc)
             if session.end_reason is None:
                 if session._aborted:
                     session.end_reason = "aborted"
@@ -1592,9 +1646,8 @@ class FakeKubeApiServer:
         exc = process.exception()
         if exc is None:
             return _Finish(process.result()), "exited"
-        if isinstance(exc, _OutputClosed):
-            return None, ""
-        logger.error("fake command %r failed", session.command, exc_info=exc)
+        if isinstance(exc, ConnectionError):
+            return None, ""  # the client went away mid-write
         return _Finish(error=f"fake command failed: {exc!r}"), "exited"
 
     async def _send_status(
@@ -1624,7 +1677,7 @@ class FakeKubeApiServer:
         else:
             session.status = str(body["message"])
             payload = session.status.encode()
-        with contextlib.suppress(ConnectionError, _OutputClosed):
+        with contextlib.suppress(ConnectionError):
             await session.send(STREAM_ERROR, payload)
 
     async def _read_client(
@@ -1653,7 +1706,7 @@ class FakeKubeApiServer:
                 try:
                     channel, payload = session._wire.decode(data)
                 except ValueError as exc:
-                    session.protocol_errors.append(str(exc))
+                    session._protocol_error(str(exc))
                     continue
                 if not await self._on_frame(session, channel, payload, stdin, resize):
                     return "protocol-error"
@@ -1672,8 +1725,7 @@ class FakeKubeApiServer:
         if channel == STREAM_CLOSE and session._wire.version == 5:
             target = payload[0] if len(payload) == 1 else None
             if target is None or target >= _CHANNEL_COUNT:
-                session.protocol_errors.append(f"invalid close signal {payload!r}")
-                session._notify()
+                session._protocol_error(f"invalid close signal {payload!r}")
                 session._drop()
                 return False
             session.close_signals.append(target)
@@ -1694,11 +1746,11 @@ class FakeKubeApiServer:
             try:
                 session.resizes.extend(resize.feed(payload))
             except ValueError as exc:
-                session.protocol_errors.append(str(exc))
+                session._protocol_error(str(exc))
             session._notify()
         else:
             # Write-only or out-of-range channel: the real server ignores it.
-            session.protocol_errors.append(f"ignored frame on channel {channel}")
+            session._protocol_error(f"ignored frame on channel {channel}")
         return True
 
 
@@ -1859,7 +1911,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.kube_apiserver", description=__doc__.split("\n")[0]
+        prog="python -m tests.fakes.kube_apiserver", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

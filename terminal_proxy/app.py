@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, web
@@ -75,13 +75,24 @@ class BrowserSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
-def build_app(config: Config, *, authorizer: Authorizer | None = None) -> web.Application:
-    """The gateway as an aiohttp app; ``authorizer`` replaces the configured one (tests)."""
+def build_app(
+    config: Config,
+    *,
+    authorizer: Authorizer | None = None,
+    extra_routes: Callable[[web.Application], None] | None = None,
+) -> web.Application:
+    """The gateway as an aiohttp app.
+
+    ``authorizer`` replaces the configured HTTP one (the demo's built-in authorizer, tests);
+    ``extra_routes`` registers routes that take precedence over the terminal catch-all.
+    """
     app = web.Application(client_max_size=64 * 1024)
     gateway = Gateway(config, authorizer=authorizer)
     app[GATEWAY] = gateway
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/readiness", _readiness)
+    if extra_routes is not None:
+        extra_routes(app)
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_clients)
     app.on_shutdown.append(_drain)

@@ -1,13 +1,16 @@
-"""Command line: ``terminal-proxy serve | check-config | version``."""
+"""Command line: ``terminal-proxy serve | check-config | demo | version``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -41,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
+    demo = sub.add_parser(
+        "demo", help="a terminal in your browser on this machine, nothing else to set up"
+    )
+    demo.add_argument(
+        "--command",
+        default=None,
+        help="the shell to run (default: $SHELL, else /bin/bash, else /bin/sh)",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:8181", metavar="HOST:PORT")
+    demo.add_argument("--policy", metavar="FILE", help="built-in authorizer policy (YAML)")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -52,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "demo":
+        return _demo(args)
     return _serve(args)
 
 
@@ -92,6 +107,36 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .authorization.static import Policy, PolicyError
+    from .config import ListenAddress
+    from .demo import run_demo
+
+    command = shlex.split(args.command) if args.command else [_default_shell()]
+    try:
+        listen = ListenAddress.parse(args.listen)
+        policy = (
+            Policy.parse(Path(args.policy).read_text(), source=args.policy) if args.policy else None
+        )
+    except (ValueError, PolicyError, OSError) as exc:
+        print(f"terminal-proxy demo: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("info", "text")
+    try:
+        asyncio.run(run_demo(command=command, listen=listen, policy=policy))
+    except (OSError, RuntimeError) as exc:
+        log.error("demo: %s", exc)
+        return 1
+    return 0
+
+
+def _default_shell() -> str:
+    for candidate in (os.environ.get("SHELL", ""), "/bin/bash", "/bin/sh"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return "sh"
 
 
 async def serve(config: Config) -> None:

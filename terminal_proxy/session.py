@@ -303,7 +303,7 @@ class Session:
             jitter = 1 + random.uniform(-limits.poll_jitter, limits.poll_jitter)  # noqa: S311
             await asyncio.sleep(limits.poll_interval * jitter)
             try:
-                answer = await self._authorizer.authorize(self._request)
+                answer = await self._authorizer.reauthorize(self._request, self._grant)
             except AuthorizationError as exc:
                 failures += 1
                 log.warning(

@@ -56,6 +56,10 @@ class Authorizer(Protocol):
         """Decide for ``request``; raise AuthorizationError subclasses on failure."""
         ...
 
+    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
+        """Decide again during the session; a Grant unequal to ``grant`` ends it."""
+        ...
+
     async def aclose(self) -> None:
         """Release pooled connections."""
         ...

@@ -142,6 +142,10 @@ class HttpAuthorizer(abc.ABC):
             return PassBack(r.status_code, kept, bytes(body))
         return self.parse(r.headers.get("content-type", ""), bytes(body))
 
+    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
+        # The web app is asked the very same question again (Workhorse's auth checker).
+        return await self.authorize(request)
+
     def extra_headers(self) -> list[tuple[str, str]]:
         return []
 

@@ -1,0 +1,135 @@
+"""``terminal-proxy demo``: a working terminal in the browser, on one machine.
+
+One process runs the gateway, the built-in authorizer, the PTY session server and the
+web page, all on 127.0.0.1. It prints one URL carrying a one-time login token; opening
+it sets a session cookie and shows the page, whose WebSocket the gateway authorizes
+with the built-in policy and relays to a fresh shell on the session server: the same
+path a production deployment takes, with every part local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .app import build_app
+from .authorization.static import COOKIE, Policy, PolicyUser, StaticAuthorizer
+from .config import Config, HostPattern, ListenAddress, default_config
+from .sessionserver import SessionServer
+
+__all__ = ["DEMO_TERMINAL_PATH", "run_demo"]
+
+log = logging.getLogger("terminal_proxy.demo")
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+STATIC_DIR = WEB_DIR / "static"
+# The terminal the page opens (matched by the default generic route).
+DEMO_TERMINAL_PATH = "/demo/terminal.ws"
+DEMO_USER = "you"
+# The page loads only its own bundle and talks only to its own origin.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def demo_config(listen: ListenAddress, session_server: str) -> Config:
+    """Embedded defaults: local only, the session server the only upstream."""
+    base = default_config()
+    return dataclasses.replace(
+        base,
+        listen=listen,
+        upstream=dataclasses.replace(
+            base.upstream, allowed_hosts=(HostPattern.parse(session_server),)
+        ),
+        session=dataclasses.replace(base.session, shutdown_grace=0.0),
+    )
+
+
+def add_demo_routes(app: web.Application, authorizer: StaticAuthorizer) -> None:
+    """The page, its static files and the one-time login."""
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if authorizer.user_for(tuple(request.headers.items())) is None:
+            return _error_page(401, "You are not signed in.")
+        return web.FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        cookie = authorizer.login(request.query.get("token", ""))
+        if cookie is None:
+            return _error_page(403, "This login link is not valid (it may have been used).")
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/")
+        return response
+
+    app.router.add_get("/", page)
+    app.router.add_get("/-/login", login)
+    app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
+
+
+def _error_page(status: int, message: str) -> web.Response:
+    template = (WEB_DIR / "error.html").read_text(encoding="utf-8")
+    body = template.replace("{{message}}", message)
+    return web.Response(status=status, text=body, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+async def run_demo(
+    *,
+    command: Sequence[str],
+    listen: ListenAddress,
+    policy: Policy | None = None,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM)."""
+    if not (STATIC_DIR / "terminal-proxy.js").exists():
+        raise RuntimeError(
+            f"the web page is not built ({STATIC_DIR} is missing): run scripts/build-web"
+        )
+    policy = policy or Policy((PolicyUser(DEMO_USER),))
+    async with SessionServer(command=list(command), host="127.0.0.1") as session_server:
+        authorizer = StaticAuthorizer(policy, session_server)
+        config = demo_config(listen, session_server.host_port)
+        app = build_app(
+            config,
+            authorizer=authorizer,
+            extra_routes=lambda a: add_demo_routes(a, authorizer),
+        )
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, listen.host, listen.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+            user = policy.users[0].name
+            token = authorizer.issue_one_time_token(user)
+            print(f"terminal-proxy {__version__} demo is ready; open this URL in your browser:")
+            print(f"    {base}/-/login?token={token}", flush=True)
+            if listen.host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning("the demo listens on %s: other hosts can reach it", listen.host)
+            if ready is not None:
+                ready.set()
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+    print("terminal-proxy demo stopped", file=sys.stderr)

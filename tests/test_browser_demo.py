@@ -1,0 +1,201 @@
+"""`terminal-proxy demo` in a real headless Chromium (Debian's, driven by Playwright).
+
+The demo runs as a real process; the browser opens the printed one-time URL, types into
+the xterm.js terminal, and reads the terminal's buffer. Chromium comes from
+scripts/install-browser (run by `make test`); if it is missing these tests fail, they do
+not skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.logcapture import append_external_log, remember_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = Path(os.environ.get("TERMINAL_PROXY_TEST_OUTPUT", ROOT / "test-output"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOGIN_URL = re.compile(r"(http://\S+/-/login\?token=(\S+))")
+
+pytestmark = pytest.mark.browser
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Chromium is not installed: run scripts/install-browser (make test does)")
+    return path
+
+
+class Demo:
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.base = url.split("/-/login", 1)[0]
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Demo]:
+    env = {**os.environ, "PS1": "$ ", "TERM": "xterm-256color"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "terminal_proxy",
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--command",
+        "bash --norc --noprofile",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    url = ""
+    async with asyncio.timeout(30):
+        while not url:
+            raw = await proc.stdout.readline()
+            if not raw:
+                err = (await proc.stderr.read()).decode(errors="replace")
+                pytest.fail(f"demo exited before printing its URL: {lines} {err}")
+            line = raw.decode().rstrip()
+            lines.append(line)
+            match = LOGIN_URL.search(line)
+            if match:
+                url = match.group(1)
+                remember_secret(match.group(2))
+    try:
+        yield Demo(proc, url)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        async with asyncio.timeout(20):
+            out, err = await proc.communicate()
+        append_external_log(
+            "demo", [*lines, *out.decode().splitlines(), *err.decode().splitlines()]
+        )
+        assert proc.returncode == 0, err.decode()[-2000:]
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_terminal(chromium: Browser, demo: Demo) -> Page:
+    page = await chromium.new_page(viewport={"width": 1000, "height": 600})
+    await page.goto(demo.url)
+    await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.term")
+    await wait_for_screen(page, "$ ")
+    await page.locator(".xterm-helper-textarea").focus()
+    return page
+
+
+SCREEN_JS = """() => {
+  const buffer = window.terminalProxy.term.buffer.active;
+  const lines = [];
+  for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
+  return lines.join("\\n");
+}"""
+
+
+async def screen(page: Page) -> str:
+    return str(await page.evaluate(SCREEN_JS))
+
+
+async def wait_for_screen(page: Page, pattern: str) -> None:
+    """Wait until the terminal shows a line matching ``pattern`` (a regex)."""
+    await page.wait_for_function(
+        """(pattern) => {
+          const re = new RegExp(pattern, "m");
+          const buffer = window.terminalProxy.term.buffer.active;
+          for (let i = 0; i < buffer.length; i++) {
+            if (re.test(buffer.getLine(i).translateToString(true))) return true;
+          }
+          return false;
+        }""",
+        arg=pattern,
+        timeout=15_000,
+    )
+
+
+async def test_echo_hello_in_the_browser(chromium: Browser, demo: Demo) -> None:
+    """Typing `echo hello` in the page shows `hello` from a real shell; screenshot saved."""
+    page = await open_terminal(chromium, demo)
+    await page.keyboard.type("echo hello\n")
+    await wait_for_screen(page, "^hello$")
+    shots = OUTPUT / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(shots / "demo-terminal.png"))
+    assert (shots / "demo-terminal.png").stat().st_size > 1000
+
+
+async def test_resize_changes_stty_size(chromium: Browser, demo: Demo) -> None:
+    """Resizing the window changes what `stty size` reports in the shell."""
+    page = await open_terminal(chromium, demo)
+    await page.keyboard.type("stty size\n")
+    rows, cols = await page.evaluate(
+        "() => [window.terminalProxy.term.rows, window.terminalProxy.term.cols]"
+    )
+    await wait_for_screen(page, f"^{rows} {cols}$")
+    await page.set_viewport_size({"width": 640, "height": 400})
+    await page.wait_for_function(
+        "([r, c]) => window.terminalProxy.term.cols !== c || window.terminalProxy.term.rows !== r",
+        arg=[rows, cols],
+    )
+    new_rows, new_cols = await page.evaluate(
+        "() => [window.terminalProxy.term.rows, window.terminalProxy.term.cols]"
+    )
+    assert (new_rows, new_cols) != (rows, cols)
+    await page.keyboard.type("stty size\n")
+    await wait_for_screen(page, f"^{new_rows} {new_cols}$")
+
+
+async def test_exit_code_is_shown(chromium: Browser, demo: Demo) -> None:
+    """`exit 3` ends the session and the page shows exit code 3."""
+    page = await open_terminal(chromium, demo)
+    await page.keyboard.type("exit 3\n")
+    await page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('exit code 3')"
+    )
+    assert await page.evaluate("() => window.terminalProxy.lastExit.code") == 3
+
+
+async def test_wrong_token_gets_the_error_page(chromium: Browser, demo: Demo) -> None:
+    """A wrong or reused login token gets the error page, not a shell."""
+    page = await chromium.new_page()
+    response = await page.goto(demo.base + "/-/login?token=not-the-token")
+    assert response is not None and response.status == 403
+    assert await page.locator(".xterm").count() == 0
+    assert "not valid" in await page.content()
+    used = await chromium.new_page()
+    await used.goto(demo.url)  # first use: fine
+    again = await chromium.new_page()
+    response = await again.goto(demo.url)  # second use of the one-time token
+    assert response is not None and response.status == 403

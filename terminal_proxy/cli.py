@@ -8,6 +8,8 @@ import logging
 import os
 import shlex
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth-backend", metavar="URL", help="override authorization.backend")
     serve.add_argument("--secret-file", metavar="PATH", help="override authorization.secret_file")
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the port (SO_REUSEPORT); default 1",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
         "--allow-upstream",
         metavar="HOST:PORT",
         action="append",
@@ -49,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--command",
+        dest="shell_command",
         default=None,
         help="the shell to run (default: $SHELL, else /bin/bash, else /bin/sh)",
     )
@@ -101,12 +112,43 @@ def _serve(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.format)
+    if args.workers > 1:
+        return supervise(args.workers, config.listen.host, config.listen.port)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reuse_port=args.reuse_port))
     except OSError as exc:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+def supervise(workers: int, host: str, port: int) -> int:
+    """Run ``workers`` copies of this command on one port (SO_REUSEPORT); forward signals.
+
+    Each worker is an independent gateway (sessions are not shared; re-polls make
+    revocation work in every worker). Port 0 is resolved once here so all workers share it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    probe.bind((host, port))
+    port = probe.getsockname()[1]
+    listen = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    argv = [sys.executable, "-m", "terminal_proxy", *sys.argv[1:]]
+    argv += ["--listen", listen, "--workers", "1", "--reuse-port"]
+    children = [subprocess.Popen(argv) for _ in range(workers)]  # noqa: S603
+    log.info("started %d workers on %s: pids %s", workers, listen, [c.pid for c in children])
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    probe.close()
+    return max(codes, key=abs)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -114,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .config import ListenAddress
     from .demo import run_demo
 
-    command = shlex.split(args.command) if args.command else [_default_shell()]
+    command = shlex.split(args.shell_command) if args.shell_command else [_default_shell()]
     try:
         listen = ListenAddress.parse(args.listen)
         policy = (
@@ -139,7 +181,7 @@ def _default_shell() -> str:
     return "sh"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, reuse_port: bool = False) -> None:
     """Run until SIGTERM or SIGINT, then drain and close every session."""
     app = build_app(config)
     runner = web.AppRunner(
@@ -151,7 +193,13 @@ async def serve(config: Config) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            config.listen.host,
+            config.listen.port,
+            backlog=4096,
+            reuse_port=reuse_port or None,
+        )
         await site.start()
         for host, port, *_ in runner.addresses:
             log.info("terminal-proxy %s listening on http://%s:%d", __version__, host, port)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import ClientWebSocketResponse
 
-from .channel import ConnectionDetails, HostMatcher, ssl_context_for
+from .channel import ConnectionDetails, ssl_context_for
 from .config import UpstreamConfig
 from .errors import UpstreamDialFailed, UpstreamTimeout
 from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
@@ -102,8 +102,7 @@ class Dialer:
             self._session = None
 
     def check_allowed(self, details: ConnectionDetails) -> None:
-        allowlist: tuple[HostMatcher, ...] = self._config.allowed_hosts  # type: ignore[assignment]
-        details.check_allowed(allowlist)
+        details.check_allowed(self._config.allowed_hosts)
 
     async def dial(self, details: ConnectionDetails, *, forwarded_for: str) -> Upstream:
         """Connect; the allowlist is checked here too, so nothing else is ever dialled."""

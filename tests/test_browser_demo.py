@@ -89,11 +89,12 @@ async def demo() -> AsyncIterator[Demo]:
         if proc.returncode is None:
             proc.terminate()
         async with asyncio.timeout(20):
-            out, err = await proc.communicate()
+            rest_out, rest_err = await proc.communicate()
         append_external_log(
-            "demo", [*lines, *out.decode().splitlines(), *err.decode().splitlines()]
+            "demo",
+            [*lines, *rest_out.decode().splitlines(), *rest_err.decode().splitlines()],
         )
-        assert proc.returncode == 0, err.decode()[-2000:]
+        assert proc.returncode == 0, rest_err.decode()[-2000:]
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ async def open_terminal(chromium: Browser, demo: Demo) -> Page:
     page = await chromium.new_page(viewport={"width": 1000, "height": 600})
     await page.goto(demo.url)
     await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.term")
-    await wait_for_screen(page, "$ ")
+    await wait_for_screen(page, r"^\$ ")
     await page.locator(".xterm-helper-textarea").focus()
     return page
 

@@ -161,3 +161,26 @@ async def test_slow_browser_keeps_gateway_memory_bounded(
     assert bytes(received) == expected
     assert 200_000 < len(received) < 2_000_000
     assert grown < 16 << 20, f"gateway RSS grew by {grown} bytes"
+
+
+async def test_two_workers_share_the_port(
+    tmp_path: Path,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    secret: bytes,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """--workers 2 serves terminals from two processes on one port; SIGTERM stops both."""
+    config = _write_config(tmp_path, auth_api, kube, secret)
+    async with GatewayProcess(["serve", "--config", str(config), "--workers", "2"]) as gateway:
+        await gateway.wait_for_line(lambda line: "started 2 workers" in line)
+        terms = [
+            await open_term(browser, gateway.url + ENV_PATH, "terminal.gitlab.com")
+            for _ in range(6)
+        ]
+        for i, term in enumerate(terms):
+            await term.send_stdin(f"echo worker-{i}\r".encode())
+            await term.read_until(f"\r\nworker-{i}\r\n".encode())
+        assert await gateway.stop(signal.SIGTERM) == 0
+        for term in terms:
+            assert await term.wait_closed() == (1001, "server shutting down")

@@ -294,7 +294,7 @@ def _end_fields(session: Session, stop: Stop) -> dict[str, object]:
         "stop": stop.reason.value,
         "detail": stop.detail,
         "exit_code": "-" if stop.exit_code is None else stop.exit_code,
-        "browser_close": stop.browser_code,
+        "browser_close": session.browser.close_code or stop.browser_code,
         "upstream_close": session.upstream.close_code,
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,

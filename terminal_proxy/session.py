@@ -183,13 +183,28 @@ class Session:
                 self.stop = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
             else:
                 self.stop = Stop(StopReason.SHUTDOWN, "handler cancelled")
-            await cancel_and_wait(tasks)
-            await self._close(self.stop)
+            await self._finish(tasks, self.stop)
             raise
-        finally:
+        except BaseException:
             await cancel_and_wait(tasks)
-        await self._close(self.stop)
+            raise
+        await self._finish(tasks, self.stop)
         return self.stop
+
+    async def _finish(self, tasks: list[asyncio.Task[Stop]], stop: Stop) -> None:
+        """Stop every task and close both sides.
+
+        The upstream pump is stopped by the upstream close itself, not by cancellation:
+        aiohttp marks a client socket whose ``receive()`` was cancelled as abnormally
+        closed, and its ``close()`` then drops the TCP connection without waiting for
+        the peer's close frame, so the upstream would see a 1006 instead of our code.
+        """
+        upstream_pump, others = tasks[0], tasks[1:]
+        await cancel_and_wait(others)
+        try:
+            await self._close(stop)
+        finally:
+            await cancel_and_wait([upstream_pump])
 
     # Pumps -------------------------------------------------------------------------
 
@@ -217,6 +232,9 @@ class Session:
                             return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
                         self.bytes_out += len(data)
                 continue
+            if msg.type is WSMsgType.CLOSING:
+                # Our own close() woke this receive(): the session is already ending.
+                return Stop(StopReason.UPSTREAM_CLOSED, "closed by the gateway")
             return await self._upstream_ended(msg.type, msg.data, msg.extra)
 
     async def _pump_browser(self) -> Stop:

@@ -166,7 +166,7 @@ async def test_session_log_lines_carry_the_fields(
             session = await kube.next_session()
             await term.send_stdin(b"echo logged\r")
             await term.read_until(b"\r\nlogged\r\n")
-            await term.ws.close()
+            await term.ws.close(code=1001)
             await session.wait_closed()
             async with asyncio.timeout(5):
                 await ended_seen.wait()
@@ -180,7 +180,9 @@ async def test_session_log_lines_carry_the_fields(
     assert fields["upstream_protocol"] == "v5.channel.k8s.io"
     assert fields["stop"] == "browser_left"
     assert fields["bytes_in"] == len(b"echo logged\r") and fields["bytes_out"] > 0
-    assert fields["browser_close"] == 1000 and fields["duration_s"] >= 0
+    assert fields["browser_close"] == 1001 and fields["duration_s"] >= 0
+    # A full close handshake with the upstream, not a dropped connection (1006).
+    assert fields["upstream_close"] == 1000 and session.client_close_code == 1000
 
 
 def test_close_code_doc_matches_code() -> None:

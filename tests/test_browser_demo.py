@@ -200,3 +200,61 @@ async def test_wrong_token_gets_the_error_page(chromium: Browser, demo: Demo) ->
     again = await chromium.new_page()
     response = await again.goto(demo.url)  # second use of the one-time token
     assert response is not None and response.status == 403
+
+
+async def test_copy_and_paste(chromium: Browser, demo: Demo) -> None:
+    """Ctrl+Shift+C copies the terminal's selection; a paste becomes shell input."""
+    context = await chromium.new_context(viewport={"width": 1000, "height": 600})
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=demo.base)
+    page = await context.new_page()
+    await page.goto(demo.url)
+    await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.term")
+    await wait_for_screen(page, r"^\$ ")
+    await page.locator(".xterm-helper-textarea").focus()
+    await page.keyboard.type("echo copy-$((6*7))-me\n")
+    await wait_for_screen(page, "^copy-42-me$")
+    # Select the output line (the line after the command) and copy it with Ctrl+Shift+C.
+    await page.evaluate(
+        """() => {
+          const term = window.terminalProxy.term, buffer = term.buffer.active;
+          for (let i = 0; i < buffer.length; i++) {
+            if (buffer.getLine(i).translateToString(true) === "copy-42-me") {
+              term.selectLines(i, i);
+              return;
+            }
+          }
+        }"""
+    )
+    await page.keyboard.press("Control+Shift+C")
+    await page.wait_for_function(
+        "async () => (await navigator.clipboard.readText()).trim() === 'copy-42-me'"
+    )
+    # Paste: the browser's paste event on xterm's textarea, as Ctrl+Shift+V raises it.
+    await page.evaluate("() => navigator.clipboard.writeText('echo pasted-$((2+3))')")
+    await page.evaluate(
+        """async () => {
+          const data = new DataTransfer();
+          data.setData("text/plain", await navigator.clipboard.readText());
+          const textarea = document.querySelector(".xterm-helper-textarea");
+          textarea.dispatchEvent(new ClipboardEvent("paste", {clipboardData: data, bubbles: true}));
+        }"""
+    )
+    # bash turns on bracketed paste: the pasted text is edited in, Enter runs it.
+    await wait_for_screen(page, r"^\$ echo pasted-\$\(\(2\+3\)\)")
+    await page.keyboard.press("Enter")
+    await wait_for_screen(page, "^pasted-5$")
+    await context.close()
+
+
+async def test_reconnect_opens_a_fresh_shell(chromium: Browser, demo: Demo) -> None:
+    """After the shell exits, the Reconnect button opens a new session in the same page."""
+    page = await open_terminal(chromium, demo)
+    await page.keyboard.type("exit 0\n")
+    await page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('exit code 0')"
+    )
+    await page.click("#reconnect")
+    await wait_for_screen(page, r"^\$ ")
+    await page.locator(".xterm-helper-textarea").focus()
+    await page.keyboard.type("echo again\n")
+    await wait_for_screen(page, "^again$")

@@ -16,6 +16,7 @@ import enum
 import logging
 import random
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .errors import AuthorizationError
-from .protocols import Codec, Exit, ProtocolError, StdinClosed
+from .protocols import Codec, Exit, Output, ProtocolError, StdinClosed
 from .tasks import cancel_and_wait, spawn
 
 __all__ = ["Session", "SessionLimits", "Stop", "StopReason"]
@@ -32,6 +33,19 @@ log = logging.getLogger("terminal_proxy.session")
 
 _DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
 _K8S_V1 = frozenset({"channel.k8s.io", "base64.channel.k8s.io"})
+# Largest run of output bytes gathered into one browser frame.
+COALESCE_LIMIT = 64 * 1024
+
+
+def _parsed_queue(ws: ClientWebSocketResponse) -> Sized:
+    """The messages aiohttp has parsed and queued but not yet returned by ``receive()``.
+
+    aiohttp has no public "is a message ready" check, so this looks at the reader's
+    queue. If a future aiohttp moves it, the result is always empty: every message is
+    then sent on its own (correct, just without coalescing).
+    """
+    queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
+    return queue if isinstance(queue, Sized) else ()
 
 
 class StopReason(enum.Enum):
@@ -209,10 +223,20 @@ class Session:
     # Pumps -------------------------------------------------------------------------
 
     async def _pump_upstream(self) -> Stop:
-        """Upstream → browser. Returns when the upstream closes or the browser is gone."""
+        """Upstream → browser. Returns when the upstream closes or the browser is gone.
+
+        Output is coalesced: while more upstream messages are already parsed and queued,
+        their output bytes (same stream) are gathered, up to ``COALESCE_LIMIT``, and sent
+        as one browser frame. A busy terminal's many small frames then cost one write,
+        and nothing waits: the batch goes out as soon as the queue is empty.
+        """
         upstream, browser = self.upstream, self.browser
         decode, encode = self.upstream_codec.decode, self.browser_codec.encode
+        queued = _parsed_queue(upstream)
         loop = asyncio.get_running_loop()
+        chunks: list[bytes] = []
+        size = 0
+        stream = 0
         while True:
             msg = await upstream.receive()
             if msg.type in _DATA:
@@ -221,8 +245,23 @@ class Session:
                 try:
                     events = decode(msg.type, payload)  # type: ignore[arg-type]
                 except ProtocolError as exc:
+                    if chunks and not await self._send_output(chunks, stream):
+                        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
                     return Stop(StopReason.UPSTREAM_FAILED, f"invalid frame from upstream: {exc}")
                 for event in events:
+                    if type(event) is Output:
+                        if chunks and (event.stream != stream or size >= COALESCE_LIMIT):
+                            if not await self._send_output(chunks, stream):
+                                return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                            chunks, size = [], 0
+                        chunks.append(event.data)
+                        size += len(event.data)
+                        stream = event.stream
+                        continue
+                    if chunks:
+                        if not await self._send_output(chunks, stream):
+                            return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                        chunks, size = [], 0
                     if type(event) is Exit:
                         self.exit = event
                     for opcode, data in encode(event):
@@ -231,11 +270,30 @@ class Session:
                         except ConnectionError:
                             return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
                         self.bytes_out += len(data)
+                if chunks and (size >= COALESCE_LIMIT or not queued):
+                    if not await self._send_output(chunks, stream):
+                        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                    chunks, size = [], 0
                 continue
+            # Whatever was gathered goes out before the close is acted on.
+            if chunks and not await self._send_output(chunks, stream):
+                return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+            chunks, size = [], 0
             if msg.type is WSMsgType.CLOSING:
                 # Our own close() woke this receive(): the session is already ending.
                 return Stop(StopReason.UPSTREAM_CLOSED, "closed by the gateway")
             return await self._upstream_ended(msg.type, msg.data, msg.extra)
+
+    async def _send_output(self, chunks: list[bytes], stream: int) -> bool:
+        """Send gathered output as one event; False when the browser is gone."""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        for opcode, frame in self.browser_codec.encode(Output(data, stream)):
+            try:
+                await self.browser.send_frame(frame, WSMsgType(opcode))
+            except ConnectionError:
+                return False
+            self.bytes_out += len(frame)
+        return True
 
     async def _pump_browser(self) -> Stop:
         """Browser → upstream. Returns when the browser leaves or the upstream is gone."""

@@ -37,6 +37,8 @@ class Term:
     close_code: int | None = None
     close_reason: str = ""
     closed: bool = False
+    # Data frames received.
+    frames: int = 0
 
     def __post_init__(self) -> None:
         self.codec = codec_for(self.protocol, Role.CLIENT)
@@ -62,6 +64,7 @@ class Term:
     async def _receive_one(self) -> None:
         msg = await self.ws.receive()
         if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+            self.frames += 1
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
             opcode = Opcode.TEXT if msg.type is aiohttp.WSMsgType.TEXT else Opcode.BINARY
             for event in self.codec.decode(opcode, data):

@@ -11,27 +11,33 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, web
 from yarl import URL
 
+from .audit import AuditLog
 from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
 from .config import Config
 from .errors import (
+    AuthorizationError,
     GatewayError,
     MethodNotAllowed,
     NoCommonSubprotocol,
     NotWebSocket,
     OriginRejected,
     UpgradeNotAllowed,
+    UpstreamError,
 )
+from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
 from .protocols import BROWSER_SUBPROTOCOLS, Role, codec_for, negotiate
 from .session import Session, SessionLimits, Stop, StopReason
 from .upstream import Dialer
@@ -57,6 +63,20 @@ class Gateway:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     # True from the first shutdown signal: readiness fails, new terminals get 503.
     draining: bool = False
+    # Prometheus metrics of this app (its own registry).
+    metrics: Metrics = field(default_factory=Metrics)
+    # The authorizer sessions re-poll with (counts re-poll outcomes).
+    session_authorizer: Authorizer | None = None
+    # Audit events (one JSON line per session open and end).
+    audit: AuditLog | None = None
+    # Handshakes between request and upgrade, for limits.max_pending_handshakes.
+    pending: int = 0
+    # Sessions (and handshakes past authorization) per user key, for the per-user limit.
+    per_user: Counter[str] = field(default_factory=Counter)
+    # Where the metrics listener listens ("http://host:port"), once started.
+    metrics_url: str | None = None
+    # Bind the metrics listener with SO_REUSEPORT (--workers).
+    reuse_port: bool = False
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -80,14 +100,17 @@ def build_app(
     *,
     authorizer: Authorizer | None = None,
     extra_routes: Callable[[web.Application], None] | None = None,
+    reuse_port: bool = False,
 ) -> web.Application:
     """The gateway as an aiohttp app.
 
     ``authorizer`` replaces the configured HTTP one (the demo's built-in authorizer, tests);
     ``extra_routes`` registers routes that take precedence over the terminal catch-all.
+    When ``metrics.listen`` is set, the app runs its metrics listener while it runs;
+    ``reuse_port`` binds it with SO_REUSEPORT (several workers on one port).
     """
     app = web.Application(client_max_size=64 * 1024)
-    gateway = Gateway(config, authorizer=authorizer)
+    gateway = Gateway(config, authorizer=authorizer, reuse_port=reuse_port)
     app[GATEWAY] = gateway
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/readiness", _readiness)
@@ -95,6 +118,7 @@ def build_app(
         extra_routes(app)
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_clients)
+    app.cleanup_ctx.append(_metrics_listener)
     app.on_shutdown.append(_drain)
     return app
 
@@ -108,6 +132,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             gateway.authorizer = NativeAuthorizer(config.authorization, client)
         else:
             gateway.authorizer = GitLabAuthorizer(config.authorization, client)
+    gateway.session_authorizer = ObservedAuthorizer(gateway.authorizer, gateway.metrics)
+    gateway.audit = AuditLog(config.audit)
+    gateway.audit.open()
     gateway.dialer = Dialer(config.upstream, close_timeout=config.session.close_timeout)
     await gateway.dialer.start()
     if config.upstream.insecure_skip_tls_verify:
@@ -115,14 +142,52 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        gateway.audit.close()
         await gateway.dialer.aclose()
         await gateway.authorizer.aclose()
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """``metrics.listen``: /metrics, /-/health and /-/readiness on their own port.
+
+    It outlives the main listener during the drain (cleanup runs after on_shutdown), so
+    probes and scrapes see ``draining`` until the process exits.
+    """
+    gateway = app[GATEWAY]
+    address = gateway.config.metrics.listen
+    if address is None:
+        yield
+        return
+    metrics_app = web.Application()
+    metrics_app[GATEWAY] = gateway
+    metrics_app.router.add_get("/metrics", _metrics)
+    metrics_app.router.add_get("/-/health", _health)
+    metrics_app.router.add_get("/-/readiness", _readiness)
+    runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, address.host, address.port, reuse_port=gateway.reuse_port or None
+        )
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        gateway.metrics_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        log.info("metrics listening on %s/metrics", gateway.metrics_url)
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _drain(app: web.Application) -> None:
     """SIGTERM: fail readiness, let sessions run for the drain period, then close them."""
     gateway = app[GATEWAY]
     gateway.draining = True
+    gateway.metrics.draining.set(1)
     grace = gateway.config.session.shutdown_grace
     pending = [s.done for s in gateway.sessions]
     if pending and grace > 0:
@@ -157,8 +222,13 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
             if _wants_upgrade(request):
                 raise UpgradeNotAllowed("websocket upgrade not allowed")
             return web.Response(status=404, text="not found\n")
-        return await _terminal(request, gateway, route, request_id)
+        response = await _terminal(request, gateway, route, request_id)
+        if not isinstance(response, web.WebSocketResponse):
+            gateway.metrics.handshakes.labels(str(response.status)).inc()
+        return response
     except GatewayError as exc:
+        if route is not None:
+            gateway.metrics.handshakes.labels(str(exc.status)).inc()
         level = logging.INFO if exc.status < 500 else logging.WARNING
         log.log(
             level,
@@ -171,13 +241,25 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         return _error_response(exc.status, exc.public, request_id)
 
 
-def _error_response(status: int, text: str, request_id: str) -> web.Response:
+def _error_response(
+    status: int, text: str, request_id: str, *, retry_after: float | None = None
+) -> web.Response:
     body = f"{text}\nrequest id: {request_id}\n"
-    return web.Response(
-        status=status,
-        text=body,
-        headers={"Connection": "close", "X-Request-Id": request_id},
+    headers = {"Connection": "close", "X-Request-Id": request_id}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return web.Response(status=status, text=body, headers=headers)
+
+
+def _limited(gateway: Gateway, limit: str, status: int, text: str, request_id: str) -> web.Response:
+    """A refusal by one of the limits: 503/429 with Retry-After, before any upgrade."""
+    gateway.metrics.limited.labels(limit).inc()
+    log.info(
+        "request refused: %s",
+        text,
+        extra={"fields": {"request_id": request_id, "status": status, "limit": limit}},
     )
+    return _error_response(status, text, request_id, retry_after=gateway.config.limits.retry_after)
 
 
 async def _terminal(
@@ -196,40 +278,152 @@ async def _terminal(
     _check_origin(request, config.browser.allowed_origins)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
+    limits = config.limits
+    if limits.max_pending_handshakes and gateway.pending >= limits.max_pending_handshakes:
+        return _limited(
+            gateway,
+            "pending",
+            503,
+            "too many terminals are being opened at once; try again shortly",
+            request_id,
+        )
+    if limits.max_sessions and len(gateway.sessions) + gateway.pending >= limits.max_sessions:
+        return _limited(
+            gateway,
+            "sessions",
+            503,
+            "the gateway is at its limit of open terminals; try again later",
+            request_id,
+        )
 
     browser_request = _snapshot(request, config.browser.trusted_proxies)
-    assert gateway.authorizer is not None and gateway.dialer is not None
     started = time.monotonic()
-    answer = await gateway.authorizer.authorize(browser_request)
+    gateway.pending += 1
+    gateway.metrics.handshakes_pending.inc()
+    try:
+        async with asyncio.timeout(limits.handshake_timeout or None):
+            opened = await _handshake(request, gateway, route, request_id, browser_request, chosen)
+    except TimeoutError:
+        return _limited(
+            gateway,
+            "handshake_timeout",
+            504,
+            "opening the terminal took too long (authorization and upstream together "
+            "exceeded the gateway's handshake timeout)",
+            request_id,
+        )
+    finally:
+        gateway.pending -= 1
+        gateway.metrics.handshakes_pending.dec()
+    if isinstance(opened, web.StreamResponse):
+        return opened
+    # From here the per-user slot is held until the session ends.
+    user_key, (browser, session, fields) = opened
+
+    fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
+    session_log.info("session opened", extra={"fields": fields})
+    assert gateway.audit is not None
+    gateway.audit.emit("session_open", fields)
+    gateway.metrics.handshakes.labels("101").inc()
+    gateway.metrics.sessions_active.inc()
+    gateway.sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        gateway.sessions.discard(session)
+        _release_user(gateway, user_key)
+        gateway.metrics.sessions_active.dec()
+        stop = session.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
+        end = fields | _end_fields(session, stop)
+        gateway.metrics.session_ended(
+            stop.reason, session.bytes_in, session.bytes_out, time.monotonic() - session.started
+        )
+        session_log.info("session ended", extra={"fields": end})
+        gateway.audit.emit("session_end", end)
+    return browser
+
+
+_Opened = tuple[str, tuple[web.WebSocketResponse, Session, dict[str, object]]]
+
+
+async def _handshake(
+    request: web.Request,
+    gateway: Gateway,
+    route: str,
+    request_id: str,
+    browser_request: BrowserRequest,
+    chosen: str,
+) -> web.StreamResponse | _Opened:
+    """Authorize, apply the per-user limit, dial, upgrade: a refusal or an opened session.
+
+    On success the per-user slot returned with the session is held; the caller releases it.
+    """
+    config = gateway.config
+    metrics = gateway.metrics
+    assert gateway.authorizer is not None and gateway.dialer is not None
+    assert gateway.session_authorizer is not None
+    auth_started = time.monotonic()
+    try:
+        answer = await gateway.authorizer.authorize(browser_request)
+    except AuthorizationError as exc:
+        metrics.authorization_seconds.observe(time.monotonic() - auth_started)
+        metrics.authorization_failed(exc)
+        raise
+    metrics.authorization_seconds.observe(time.monotonic() - auth_started)
     if isinstance(answer, PassBack):
+        metrics.authorizations.labels("refused").inc()
         log.info(
             "authorization refused",
             extra={"fields": {"request_id": request_id, "status": answer.status, "route": route}},
         )
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
-    gateway.dialer.check_allowed(answer.details)
-    upstream = await gateway.dialer.dial(
-        answer.details, forwarded_for=browser_request.forwarded_for
-    )
+    metrics.authorizations.labels("granted").inc()
 
-    browser = BrowserSocket(
-        protocols=(chosen,),
-        heartbeat=config.browser.ping_interval or None,
-        max_msg_size=config.browser.max_message_size,
-        # Bytes queued towards a slow browser before the upstream pump waits for it.
-        writer_limit=config.session.max_buffer,
-        timeout=config.session.close_timeout,
-        compress=False,
-        autoping=True,
-        autoclose=True,
-    )
-    browser.max_message_size = config.browser.max_message_size
-    if config.browser.pong_timeout and config.browser.ping_interval:
-        browser._pong_heartbeat = config.browser.pong_timeout
+    user_key = _user_key(answer, browser_request)
+    per_user = config.limits.max_sessions_per_user
+    if per_user and gateway.per_user[user_key] >= per_user:
+        return _limited(
+            gateway,
+            "per_user",
+            429,
+            f"you have too many terminals open (limit {per_user}); close one and try again",
+            request_id,
+        )
+    gateway.per_user[user_key] += 1
     try:
-        await browser.prepare(request)
+        dial_started = time.monotonic()
+        try:
+            gateway.dialer.check_allowed(answer.details)
+            upstream = await gateway.dialer.dial(
+                answer.details, forwarded_for=browser_request.forwarded_for
+            )
+        except UpstreamError as exc:
+            metrics.dial_failures.labels(dial_failure_reason(exc)).inc()
+            raise
+        finally:
+            metrics.dial_seconds.observe(time.monotonic() - dial_started)
+
+        browser = BrowserSocket(
+            protocols=(chosen,),
+            heartbeat=config.browser.ping_interval or None,
+            max_msg_size=config.browser.max_message_size,
+            # Bytes queued towards a slow browser before the upstream pump waits for it.
+            writer_limit=config.session.max_buffer,
+            timeout=config.session.close_timeout,
+            compress=False,
+            autoping=True,
+            autoclose=True,
+        )
+        browser.max_message_size = config.browser.max_message_size
+        if config.browser.pong_timeout and config.browser.ping_interval:
+            browser._pong_heartbeat = config.browser.pong_timeout
+        try:
+            await browser.prepare(request)
+        except BaseException:
+            await upstream.ws.close(code=1000)
+            raise
     except BaseException:
-        await upstream.ws.close(code=1000)
+        _release_user(gateway, user_key)
         raise
     session = Session(
         session_id=request_id,
@@ -237,7 +431,7 @@ async def _terminal(
         browser_codec=codec_for(chosen, Role.SERVER),
         upstream=upstream.ws,
         upstream_codec=upstream.codec,
-        authorizer=gateway.authorizer,
+        authorizer=gateway.session_authorizer,
         request=browser_request,
         grant=answer,
         limits=_limits(config),
@@ -245,16 +439,18 @@ async def _terminal(
     )
     fields = _session_fields(route, browser_request, answer, chosen, upstream.subprotocol)
     fields["session"] = request_id
-    fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
-    session_log.info("session opened", extra={"fields": fields})
-    gateway.sessions.add(session)
-    try:
-        await session.run()
-    finally:
-        gateway.sessions.discard(session)
-        stop = session.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
-        session_log.info("session ended", extra={"fields": fields | _end_fields(session, stop)})
-    return browser
+    return user_key, (browser, session, fields)
+
+
+def _user_key(grant: Grant, request: BrowserRequest) -> str:
+    """Who the per-user limit counts: the user the authorization named, else the client."""
+    return f"user:{grant.user}" if grant.user else f"client:{request.client_ip}"
+
+
+def _release_user(gateway: Gateway, user_key: str) -> None:
+    gateway.per_user[user_key] -= 1
+    if gateway.per_user[user_key] <= 0:
+        del gateway.per_user[user_key]
 
 
 def _limits(config: Config) -> SessionLimits:

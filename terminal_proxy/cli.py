@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,8 +18,15 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .app import build_app
-from .config import Config, ConfigError, default_config, load_config_file, validate_for_serving
+from .app import GATEWAY, build_app
+from .config import (
+    Config,
+    ConfigError,
+    TLSConfig,
+    default_config,
+    load_config_file,
+    validate_for_serving,
+)
 from .logs import setup_logging
 
 __all__ = ["main"]
@@ -146,6 +154,7 @@ def supervise(workers: int, host: str, port: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     codes = [child.wait() for child in children]
     probe.close()
     return max(codes, key=abs)
@@ -181,9 +190,34 @@ def _default_shell() -> str:
     return "sh"
 
 
+def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context (None without ``tls.cert_file``); raises OSError/SSLError."""
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def reload_certificate(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    """Load the (replaced) cert and key files into the live context, for new connections.
+
+    They are tried in a scratch context first, so a bad pair (half-written files, a key
+    that does not match) leaves the live context serving the old certificate.
+    """
+    assert tls.cert_file is not None and tls.key_file is not None
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert_file, tls.key_file)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+
+
 async def serve(config: Config, *, reuse_port: bool = False) -> None:
-    """Run until SIGTERM or SIGINT, then drain and close every session."""
-    app = build_app(config)
+    """Run until SIGTERM or SIGINT, then drain and close every session.
+
+    SIGHUP reloads the TLS certificate (``tls``) and reopens the audit file.
+    """
+    tls = server_ssl_context(config.tls)
+    app = build_app(config, reuse_port=reuse_port)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -192,6 +226,7 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         shutdown_timeout=config.session.shutdown_grace + config.session.close_timeout + 2,
     )
     await runner.setup()
+    loop = asyncio.get_running_loop()
     try:
         site = web.TCPSite(
             runner,
@@ -199,16 +234,36 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
             config.listen.port,
             backlog=4096,
             reuse_port=reuse_port or None,
+            ssl_context=tls,
         )
         await site.start()
+        scheme = "https" if tls is not None else "http"
         for host, port, *_ in runner.addresses:
-            log.info("terminal-proxy %s listening on http://%s:%d", __version__, host, port)
+            log.info("terminal-proxy %s listening on %s://%s:%d", __version__, scheme, host, port)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _reload, app, tls)
         await stop.wait()
         log.info("shutting down: draining sessions")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
     log.info("stopped")
+
+
+def _reload(app: web.Application, tls: ssl.SSLContext | None) -> None:
+    """SIGHUP: new certificate for new connections; audit file reopened (log rotation)."""
+    gateway = app[GATEWAY]
+    if tls is not None:
+        try:
+            reload_certificate(tls, gateway.config.tls)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", exc)
+        else:
+            log.info("SIGHUP: TLS certificate reloaded from %s", gateway.config.tls.cert_file)
+    if gateway.audit is not None:
+        try:
+            gateway.audit.reopen()
+        except OSError as exc:
+            log.error("SIGHUP: audit file not reopened: %s", exc)

@@ -32,6 +32,7 @@ import importlib.metadata
 import ipaddress
 import os
 import re
+import ssl
 from base64 import b64decode
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from .units import KiB, MiB, parse_duration, parse_size
 __all__ = [
     "DEFAULT_ROUTES",
     "SECRET_SIZE",
+    "AuditConfig",
     "AuthorizationConfig",
     "BrowserConfig",
     "Config",
@@ -55,14 +57,17 @@ __all__ = [
     "Contract",
     "HostPattern",
     "IPNetwork",
+    "LimitsConfig",
     "ListenAddress",
     "LogFormat",
     "LogLevel",
     "LoggingConfig",
+    "MetricsConfig",
     "Problem",
     "RouteConfig",
     "Secret",
     "SessionConfig",
+    "TLSConfig",
     "UpstreamConfig",
     "default_config",
     "load_config",
@@ -308,6 +313,42 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    # Live sessions plus handshakes in progress, in total; 0: no limit. Excess: 503.
+    max_sessions: int = 0
+    # Live sessions (and handshakes past authorization) per user; 0: no limit. Excess: 429.
+    max_sessions_per_user: int = 0
+    # Handshakes between request and upgrade (authorizing, dialling); 0: no limit. Excess: 503.
+    max_pending_handshakes: int = 0
+    # Bound on authorization + upstream dial + upgrade of one handshake, seconds; 0 disables.
+    handshake_timeout: float = 30.0
+    # Value of Retry-After on 503/429 refusals, seconds (rounded up to whole seconds).
+    retry_after: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    # PEM certificate chain and private key; both or neither. Set: the listener speaks TLS
+    # (https/wss), and SIGHUP reloads both files for new connections.
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Where Prometheus /metrics (and /-/health, /-/readiness) is served; None: off.
+    listen: ListenAddress | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    # One JSON line per session open and end.
+    enabled: bool = False
+    # Append to this file (reopened on SIGHUP, for log rotation); None: standard error.
+    file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "info"
     format: LogFormat = "text"
@@ -322,6 +363,10 @@ class Config:
     browser: BrowserConfig = field(default_factory=BrowserConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def with_overrides(
         self,
@@ -489,6 +534,23 @@ def validate_for_serving(config: Config, *, source: str = "config") -> list[Prob
         )
     elif _lacks_secret(config.authorization):
         problems.append(Problem(source, None, "authorization.secret_file", _GITLAB_NEEDS_KEY))
+    tls = config.tls
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.cert_file, tls.key_file
+            )
+        except OSError as exc:  # ssl.SSLError included
+            reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
+            problems.append(
+                Problem(
+                    source,
+                    None,
+                    "tls.cert_file",
+                    f"cannot load the certificate {tls.cert_file!r} with the key "
+                    f"{tls.key_file!r}: {reason}",
+                )
+            )
     if not config.upstream.allowed_hosts:
         problems.append(
             Problem(
@@ -658,6 +720,10 @@ def _header_value(value: object) -> str:
 
 def _parse_listen(value: object) -> ListenAddress:
     return ListenAddress.parse(_text(value, "HOST:PORT"))
+
+
+def _optional_listen(value: object) -> ListenAddress | None:
+    return None if value is None else _parse_listen(value)
 
 
 def _parse_host_pattern(value: object) -> HostPattern:
@@ -1010,6 +1076,18 @@ def _finish_authorization(
     return auth
 
 
+def _finish_tls(
+    reader: _Reader, tls: TLSConfig, nodes: Mapping[str, Node], key: str, node: Node | None
+) -> TLSConfig:
+    if (tls.cert_file is None) != (tls.key_file is None):
+        missing = "key_file" if tls.key_file is None else "cert_file"
+        present = "cert_file" if missing == "key_file" else "key_file"
+        reader.report(
+            nodes.get(present, node), _join(key, missing), f"is required when {present} is set"
+        )
+    return tls
+
+
 def _finish_route(
     reader: _Reader, entry: _RouteEntry, nodes: Mapping[str, Node], key: str, node: Node | None
 ) -> Any:
@@ -1133,5 +1211,22 @@ _CONFIG: Final = _Section(
                 "format": _scalar(_choice("text", "json")),
             },
         ),
+        "limits": _Section(
+            LimitsConfig,
+            {
+                "max_sessions": _scalar(_integer(minimum=0)),
+                "max_sessions_per_user": _scalar(_integer(minimum=0)),
+                "max_pending_handshakes": _scalar(_integer(minimum=0)),
+                "handshake_timeout": _ZERO_DISABLES,
+                "retry_after": _POSITIVE,
+            },
+        ),
+        "tls": _Section(
+            TLSConfig,
+            {"cert_file": _scalar(_optional_text), "key_file": _scalar(_optional_text)},
+            _finish_tls,
+        ),
+        "metrics": _Section(MetricsConfig, {"listen": _scalar(_optional_listen)}),
+        "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
     },
 )

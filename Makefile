@@ -31,8 +31,8 @@ proxies:
 	scripts/install-proxies
 
 lint: $(STAMP)
-	$(BIN)/ruff check terminal_proxy tests
-	$(BIN)/ruff format --check terminal_proxy tests
+	$(BIN)/ruff check terminal_proxy tests bench
+	$(BIN)/ruff format --check terminal_proxy tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 
 from tests.conftest import ENV_PATH, Kube, gitlab_channel, wait_for_stdin_end
@@ -174,6 +175,10 @@ async def test_two_workers_share_the_port(
     config = _write_config(tmp_path, auth_api, kube, secret)
     async with GatewayProcess(["serve", "--config", str(config), "--workers", "2"]) as gateway:
         await gateway.wait_for_line(lambda line: "started 2 workers" in line)
+        # Both workers listen (the first one's line opened the context).
+        await gateway.wait_for_line(
+            lambda _: sum("listening on" in line for line in gateway.lines) >= 2
+        )
         terms = [
             await open_term(browser, gateway.url + ENV_PATH, "terminal.gitlab.com")
             for _ in range(6)
@@ -184,3 +189,17 @@ async def test_two_workers_share_the_port(
         assert await gateway.stop(signal.SIGTERM) == 0
         for term in terms:
             assert await term.wait_closed() == (1001, "server shutting down")
+
+
+@pytest.mark.parametrize(("choice", "loop_module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_event_loop_choice(choice: str, loop_module: str) -> None:
+    """--event-loop picks the loop the gateway runs on (auto means uvloop when installed)."""
+    from terminal_proxy.cli import run_loop
+
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    run_loop(main(), choice)
+    assert seen == [loop_module]

@@ -69,7 +69,7 @@ def new_client(config: AuthorizationConfig) -> httpx.AsyncClient:
         timeout=httpx.Timeout(config.timeout),
         follow_redirects=False,
         trust_env=False,
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
     )
 
 

@@ -1,0 +1,1 @@
+"""Performance harness for terminal-proxy: ``python -m bench`` (see docs/performance.md)."""

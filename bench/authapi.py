@@ -1,0 +1,105 @@
+"""A minimal fake authorization API speaking the GitLab (Workhorse/Rails) contract.
+
+Raw asyncio HTTP/1.1 with keep-alive, so it costs next to nothing beside the gateway.
+``GET …/terminal.ws/authorize?QUERY`` answers 200 ``application/vnd.gitlab-workhorse+json``
+with a Channel pointing at the fake upstream and carrying the browser's QUERY, so the
+browser URL's query picks the upstream's mode. The JWT and Gitlab-Workhorse headers are
+accepted, not verified (tests/fakes/auth_api.py verifies them; this one must be cheap).
+
+Run as ``python -m bench.authapi --upstream-port P``: prints ``{"port": N}`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import cast
+
+from bench.common import raise_nofile, run, stop_event
+
+__all__ = ["channel_body", "main"]
+
+MAX_HEAD = 64 * 1024
+
+
+def channel_body(upstream_port: int, query: str) -> bytes:
+    url = f"ws://127.0.0.1:{upstream_port}/exec"
+    if query:
+        url += f"?{query}"
+    channel = {
+        "Subprotocols": ["channel.k8s.io"],
+        "Url": url,
+        "Header": {"Authorization": ["Bearer bench"]},
+        "MaxSessionTime": 0,
+    }
+    return json.dumps({"Channel": channel}).encode()
+
+
+class AuthConnection(asyncio.Protocol):
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport is not a subclass of asyncio.Transport, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = bytes(self.buf[:end]).decode("latin-1")
+            del self.buf[: end + 4]
+            self._answer(head)
+        if len(self.buf) > MAX_HEAD:
+            self.transport.close()
+
+    def _answer(self, head: str) -> None:
+        assert self.transport is not None
+        line, _, rest = head.partition("\r\n")
+        parts = line.split(" ")
+        target = parts[1] if len(parts) == 3 else ""
+        path, _, query = target.partition("?")
+        close = "connection: close" in rest.lower()
+        if parts[0] == "GET" and path.endswith("/terminal.ws/authorize"):
+            body = channel_body(self.upstream_port, query)
+            status = "200 OK"
+            content_type = "application/vnd.gitlab-workhorse+json"
+        else:
+            body = b"Not found\n"
+            status = "404 Not Found"
+            content_type = "text/plain"
+        response = (
+            f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+        ).encode() + body
+        self.transport.write(response)
+        if close:
+            self.transport.close()
+
+
+async def serve(port: int, upstream_port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: AuthConnection(upstream_port), "127.0.0.1", port, backlog=4096
+    )
+    bound = server.sockets[0].getsockname()[1]
+    print(json.dumps({"port": bound}), flush=True)
+    done = stop_event()
+    async with server:
+        await done.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fake GitLab authorization API")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream-port", type=int, required=True)
+    args = parser.parse_args()
+    raise_nofile()
+    run(serve(args.port, args.upstream_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""The measurements: one function per figure, run once per variant and round.
+
+A variant is where the clients connect: ``direct`` (the fake upstream itself), ``nginx``
+(stock reverse proxy in front of it) or ``gateway`` (terminal-proxy, authorizing against
+the fake API and dialling the same upstream). Each call gets a fresh relay process, so
+memory figures start from a clean baseline and no figure inherits another's state. Relay
+CPU is read from ``/proc`` before and after the client process runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.gateway import GatewayProcess
+from bench.nginx import NginxProcess
+from bench.procs import ClientError, Holder, run_client
+
+__all__ = ["FIGURES", "Bench", "Relay", "Settings"]
+
+GATEWAY_PATH = "/bench/project/-/environments/1/terminal.ws"
+SETTLE = 0.3  # seconds for a relay to finish tearing sessions down before CPU is read
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and durations of one run (``FULL`` or ``SMOKE`` in bench.run)."""
+
+    down_16k_count: int
+    down_64_count: int
+    up_16k_count: int
+    echo_warmup: int
+    echo_count: int
+    idle_sessions: int
+    hold_sessions: int
+    hold_seconds: float
+    hold_processes: int
+    hold_batch: int
+    setup_concurrency: int
+    setup_seconds: float
+    flood_sessions: int
+    flood_seconds: float
+    client_timeout: float
+
+
+@dataclass
+class Relay:
+    """Where clients connect for one measurement, and the relay process if any."""
+
+    variant: str
+    params: dict[str, Any]
+    proc: GatewayProcess | NginxProcess | None = None
+
+    def cpu(self) -> float | None:
+        return None if self.proc is None else self.proc.cpu()
+
+    def rss(self) -> int | None:
+        return None if self.proc is None else self.proc.rss()
+
+
+@dataclass
+class Bench:
+    """The run's shared processes and settings."""
+
+    settings: Settings
+    workdir: Path
+    upstream_port: int
+    auth_port: int
+    nginx_binary: str | None
+    gateway_config: Path
+    gateway_args: list[str]
+    # Warning/error lines the gateway logged, per "figure/variant".
+    gateway_problems: dict[str, list[str]] = field(default_factory=dict)
+    current: str = ""
+
+    @contextlib.contextmanager
+    def relay(self, variant: str, extra_args: Sequence[str] = ()) -> Iterator[Relay]:
+        if variant == "direct":
+            yield Relay(variant, self._params(self.upstream_port, "/exec", prefixed=True))
+            return
+        if variant == "nginx":
+            if self.nginx_binary is None:
+                raise Skip("nginx is not available")
+            nginx = NginxProcess(self.nginx_binary, self.workdir / "nginx", self.upstream_port)
+            try:
+                yield Relay(variant, self._params(nginx.port, "/exec", prefixed=True), nginx)
+            finally:
+                nginx.stop()
+            return
+        if variant.startswith("gateway_"):  # gateway_1w, gateway_2w: that many workers
+            workers = variant.removeprefix("gateway_").removesuffix("w")
+            extra_args = [*extra_args, "--workers", workers]
+        gateway = GatewayProcess(self.gateway_config, [*self.gateway_args, *extra_args])
+        try:
+            yield Relay(variant, self._params(gateway.port, GATEWAY_PATH, prefixed=False), gateway)
+        finally:
+            problems = gateway.problems()
+            gateway.stop()
+            if problems:
+                self.gateway_problems[f"{self.current}/{variant}"] = problems[-20:]
+
+    @staticmethod
+    def _params(port: int, path: str, *, prefixed: bool) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": port, "path": path, "prefixed": prefixed}
+
+
+def _client(b: Bench, relay: Relay, mode: str, **params: Any) -> dict[str, Any]:
+    """Run one client process against ``relay``; add the relay's CPU seconds."""
+    cpu0 = relay.cpu()
+    timeout = b.settings.client_timeout
+    result = run_client(mode, {**relay.params, "timeout": 30, **params}, timeout)
+    if cpu0 is not None:
+        time.sleep(SETTLE)
+        result["relay_cpu_s"] = (relay.cpu() or 0.0) - cpu0
+    return result
+
+
+def _per_mb(result: dict[str, Any]) -> None:
+    if "relay_cpu_s" in result:
+        result["cpu_ms_per_mb"] = result["relay_cpu_s"] * 1000 / (result["bytes"] / 1e6)
+
+
+def down_16k(b: Bench, relay: Relay) -> dict[str, Any]:
+    result = _client(b, relay, "down", size=16384, count=b.settings.down_16k_count)
+    _per_mb(result)
+    return result
+
+
+def down_64(b: Bench, relay: Relay) -> dict[str, Any]:
+    count = b.settings.down_64_count
+    result = _client(b, relay, "down", size=64, count=count)
+    if "relay_cpu_s" in result:
+        result["cpu_us_per_frame"] = result["relay_cpu_s"] * 1e6 / count
+    return result
+
+
+def up_16k(b: Bench, relay: Relay) -> dict[str, Any]:
+    result = _client(b, relay, "up", size=16384, count=b.settings.up_16k_count)
+    _per_mb(result)
+    return result
+
+
+def echo(b: Bench, relay: Relay) -> dict[str, Any]:
+    s = b.settings
+    result = _client(b, relay, "echo", warmup=s.echo_warmup, count=s.echo_count)
+    if "relay_cpu_s" in result:
+        result["cpu_us_per_round_trip"] = (
+            result["relay_cpu_s"] * 1e6 / (s.echo_warmup + s.echo_count)
+        )
+    return result
+
+
+def setup(b: Bench, relay: Relay) -> dict[str, Any]:
+    s = b.settings
+    result = _client(b, relay, "setup", concurrency=s.setup_concurrency, duration=s.setup_seconds)
+    if "relay_cpu_s" in result and result["sessions"]:
+        result["cpu_ms_per_session"] = result["relay_cpu_s"] * 1000 / result["sessions"]
+    return result
+
+
+def idle_memory(b: Bench, relay: Relay) -> dict[str, Any]:
+    """RSS delta of the relay with N idle sessions open, per session."""
+    if relay.proc is None:
+        raise Skip("no relay process")
+    s = b.settings
+    _hold(b, relay, sessions=10, processes=1, seconds=0.0)  # warm-up: first-use allocations
+    time.sleep(0.5)
+    before = relay.rss() or 0
+    report = _hold(b, relay, sessions=s.idle_sessions, processes=1, seconds=1.0, sample=True)
+    delta = report["rss_held"] - before
+    report.update(
+        rss_before=before,
+        kib_per_session=delta / s.idle_sessions / 1024,
+    )
+    return report
+
+
+def sessions(b: Bench, relay: Relay) -> dict[str, Any]:
+    """Hold many sessions (split over several client processes), then verify each."""
+    if relay.proc is None:
+        raise Skip("no relay process")
+    s = b.settings
+    before = relay.rss() or 0
+    report = _hold(
+        b,
+        relay,
+        sessions=s.hold_sessions,
+        processes=s.hold_processes,
+        seconds=s.hold_seconds,
+        sample=True,
+    )
+    report["rss_before"] = before
+    report["rss_mb"] = report["rss_held"] / 1e6
+    return report
+
+
+def _hold(
+    b: Bench,
+    relay: Relay,
+    *,
+    sessions: int,
+    processes: int,
+    seconds: float,
+    sample: bool = False,
+) -> dict[str, Any]:
+    s = b.settings
+    shares = [
+        sessions // processes + (1 if i < sessions % processes else 0) for i in range(processes)
+    ]
+    holders: list[Holder] = []
+    try:
+        for share in shares:
+            holders.append(
+                Holder({**relay.params, "sessions": share, "batch": s.hold_batch, "timeout": 30})
+            )
+        with ThreadPoolExecutor(len(holders)) as pool:
+            ready = list(pool.map(lambda h: h.wait_ready(s.client_timeout), holders))
+        started = time.monotonic()
+        peak = 0
+        while True:
+            peak = max(peak, relay.rss() or 0)
+            left = seconds - (time.monotonic() - started)
+            if left <= 0:
+                break
+            time.sleep(min(1.0, left))
+        held_rss = relay.rss() or 0
+        with ThreadPoolExecutor(len(holders)) as pool:
+            done = list(pool.map(lambda h: h.finish(True, s.client_timeout), holders))
+    finally:
+        for holder in holders:
+            holder.stop()
+    opened = sum(r["opened"] for r in done)
+    errors = sum(r["open_errors"] + r["lost_while_held"] + r["echo_failed"] for r in done)
+    result: dict[str, Any] = {
+        "sessions": sessions,
+        "opened": opened,
+        "verified": sum(r["verified"] for r in done),
+        "errors": errors,
+        "open_errors": sum(r["open_errors"] for r in done),
+        "lost_while_held": sum(r["lost_while_held"] for r in done),
+        "echo_failed": sum(r["echo_failed"] for r in done),
+        "error_samples": [e for r in ready for e in r.get("error_samples", [])][:5],
+        "ramp_seconds": max(r["ramp_seconds"] for r in ready),
+        "held_seconds": seconds,
+    }
+    if sample:
+        result["rss_held"] = held_rss
+        result["rss_peak"] = max(peak, held_rss)
+    return result
+
+
+def flood(b: Bench, relay: Relay) -> dict[str, Any]:
+    """Several endless 16 KiB streams over two client processes; aggregate MB/s."""
+    s = b.settings
+    processes = 2
+    shares = [
+        s.flood_sessions // processes + (1 if i < s.flood_sessions % processes else 0)
+        for i in range(processes)
+    ]
+    cpu0 = relay.cpu()
+    start_at = time.time() + 1.5
+    params = {
+        **relay.params,
+        "size": 16384,
+        "start_at": start_at,
+        "duration": s.flood_seconds,
+        "timeout": 30,
+    }
+    with ThreadPoolExecutor(processes) as pool:
+        results = list(
+            pool.map(
+                lambda n: run_client("flood", {**params, "sessions": n}, s.client_timeout), shares
+            )
+        )
+    result: dict[str, Any] = {
+        "sessions": s.flood_sessions,
+        "mb_per_s": sum(r["mb_per_s"] for r in results),
+        "bytes": sum(r["bytes"] for r in results),
+        "per_process_mb_per_s": [r["mb_per_s"] for r in results],
+        "ended_early": sum(r["ended_early"] for r in results),
+    }
+    if cpu0 is not None:
+        time.sleep(SETTLE)
+        result["relay_cpu_s"] = (relay.cpu() or 0.0) - cpu0
+    if result["ended_early"]:
+        raise ClientError(f"{result['ended_early']} flood sessions ended early")
+    return result
+
+
+class Skip(Exception):
+    """This variant does not apply to this figure."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measurement and the variants it runs on."""
+
+    name: str
+    run: Callable[[Bench, Relay], dict[str, Any]]
+    variants: tuple[str, ...] = ("direct", "nginx", "gateway")
+    # Runs once per invocation, not once per round (the long holds).
+    once: bool = False
+
+
+FIGURES: dict[str, Figure] = {
+    f.name: f
+    for f in (
+        Figure("down_16k", down_16k),
+        Figure("down_64", down_64),
+        Figure("up_16k", up_16k),
+        Figure("echo", echo),
+        Figure("setup", setup),
+        Figure("idle_memory", idle_memory, ("nginx", "gateway")),
+        Figure("workers", flood, ("direct", "nginx", "gateway_1w", "gateway_2w")),
+        Figure("sessions", sessions, ("nginx", "gateway"), once=True),
+    )
+}

@@ -42,7 +42,7 @@ from .protocols import BROWSER_SUBPROTOCOLS, Role, codec_for, negotiate
 from .session import Session, SessionLimits, Stop, StopReason
 from .upstream import Dialer
 
-__all__ = ["GATEWAY", "Gateway", "build_app"]
+__all__ = ["GATEWAY", "Gateway", "build_app", "drain"]
 
 log = logging.getLogger("terminal_proxy.gateway")
 session_log = logging.getLogger("terminal_proxy.session")
@@ -119,7 +119,7 @@ def build_app(
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_metrics_listener)
-    app.on_shutdown.append(_drain)
+    app.on_shutdown.append(drain)
     return app
 
 
@@ -183,8 +183,15 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-async def _drain(app: web.Application) -> None:
-    """SIGTERM: fail readiness, let sessions run for the drain period, then close them."""
+async def drain(app: web.Application) -> None:
+    """Shutdown: fail readiness, let sessions run for the drain period, then close them.
+
+    ``serve`` calls it after closing the listener and before ``AppRunner.cleanup()``:
+    cleanup's ``pre_shutdown`` makes aiohttp drop data arriving on every open connection,
+    upgraded WebSockets included, so sessions draining inside ``on_shutdown`` (where this
+    also runs, for apps stopped without ``serve``; a second call finds nothing to drain)
+    would no longer hear their browsers.
+    """
     gateway = app[GATEWAY]
     gateway.draining = True
     gateway.metrics.draining.set(1)
@@ -194,6 +201,8 @@ async def _drain(app: web.Application) -> None:
         log.info("draining %d sessions for up to %gs", len(pending), grace)
         await asyncio.wait(pending, timeout=grace)
     gateway.shutdown.set()
+    for session in list(gateway.sessions):
+        session.shut_down()
     pending = [s.done for s in gateway.sessions]
     if pending:
         log.info("closing %d sessions: server shutting down", len(pending))

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .app import GATEWAY, build_app
+from .app import GATEWAY, build_app, drain
 from .config import (
     Config,
     ConfigError,
@@ -276,6 +276,9 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         loop.add_signal_handler(signal.SIGHUP, _reload, app, tls)
         await stop.wait()
         log.info("shutting down: draining sessions")
+        # Stop accepting, then drain while every open connection is still read.
+        await site.stop()
+        await drain(app)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tests.logcapture import append_external_log
 
-LISTENING = re.compile(r"listening on (http://[0-9A-Za-z.:\[\]]+)")
+# The main listener's line (not "metrics listening on …").
+LISTENING = re.compile(r"terminal-proxy \S+ listening on (https?://[0-9A-Za-z.:\[\]]+)")
 
 
 class GatewayProcess:
@@ -44,7 +45,7 @@ class GatewayProcess:
             env=self.env,
         )
         self._reader = asyncio.create_task(self._read(), name="gateway-process-stderr")
-        line = await self.wait_for_line(lambda s: "listening on" in s or "Traceback" in s)
+        line = await self.wait_for_line(lambda s: bool(LISTENING.search(s)) or "Traceback" in s)
         match = LISTENING.search(line)
         assert match, f"gateway did not start: {self.lines}"
         self.url = match.group(1)

@@ -1,10 +1,11 @@
 """The relay: two pumps and the stoppers, joined in one place.
 
-``Session.run()`` starts one pump per direction (the same function with its arguments
-swapped, as in Workhorse's proxy.go) and one task per stopper (re-poll, time limit, idle
-timeout, server shutdown). The first task to finish decides the ``Stop``; every other task
-is cancelled and awaited; then both sockets are closed on purpose, each with the code and
-reason of ``docs/close-codes.md``. Bytes the upstream sent before it closed have all been
+``Session.run()`` starts one pump task per direction (the same shape with the arguments
+swapped, as in Workhorse's proxy.go). The stoppers (time limit, idle timeout, re-poll,
+server shutdown) are loop timers that resolve one future; a re-poll runs as a task only
+while it asks. The first pump to finish, or else the stoppers' future, decides the
+``Stop``; everything else is cancelled and awaited; then both sockets are closed on
+purpose, each with the code and reason of ``docs/close-codes.md``. Bytes the upstream sent before it closed have all been
 written to the browser before the browser's close frame, because the upstream pump only
 returns after the upstream's close frame and writes in order.
 """
@@ -161,6 +162,13 @@ class Session:
         self.stop: Stop | None = None
         # Resolved when run() has closed both sides (waited on by the drain).
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Set by the stoppers (timers, re-poll, shutdown) with their verdict.
+        self._stopped: asyncio.Future[Stop] = asyncio.get_running_loop().create_future()
+        self._limit_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._poll: asyncio.Task[Stop | None] | None = None
+        self._poll_failures = 0
 
     # Public API -----------------------------------------------------------------
 
@@ -172,24 +180,37 @@ class Session:
             if not self.done.done():
                 self.done.set_result(None)
 
+    def shut_down(self) -> None:
+        """End the session with 1001 "server shutting down" (the drain calls this)."""
+        self.request_stop(Stop(StopReason.SHUTDOWN, "server shutting down"))
+
+    def request_stop(self, stop: Stop) -> None:
+        """Ask the session to end with ``stop`` (the first request wins; pumps win ties)."""
+        if not self._stopped.done():
+            self._stopped.set_result(stop)
+
     async def _run(self) -> Stop:
+        # Two tasks per session, the pumps; the stoppers are timers on the loop and a
+        # future, so an idle session costs little memory (docs/performance.md).
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
+        if self._shutdown.is_set():
+            self.shut_down()
         tasks: list[asyncio.Task[Stop]] = [
             spawn(self._pump_upstream(), name=f"session-{self.id}-upstream-to-browser"),
             spawn(self._pump_browser(), name=f"session-{self.id}-browser-to-upstream"),
-            spawn(self._wait_shutdown(), name=f"session-{self.id}-shutdown"),
         ]
         limit = _min_positive(self._grant.details.max_session_time, self._limits.max_duration)
         if limit:
-            tasks.append(spawn(self._time_limit(limit), name=f"session-{self.id}-time-limit"))
+            stop = Stop(StopReason.TIME_LIMIT, f"{limit:g}s")
+            self._limit_timer = loop.call_later(limit, self.request_stop, stop)
         if self._limits.idle_timeout:
-            tasks.append(spawn(self._idle(), name=f"session-{self.id}-idle"))
+            self._idle_timer = loop.call_later(self._limits.idle_timeout, self._check_idle)
         if self._limits.poll_interval:
-            tasks.append(spawn(self._repoll(), name=f"session-{self.id}-repoll"))
+            self._schedule_poll()
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            self.stop = _first_stop(tasks, done)
+            await asyncio.wait([*tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED)
+            self.stop = _first_stop(tasks, self._stopped)
         except asyncio.CancelledError:
             # The server cancelled the handler: its connection to the browser is gone
             # (aiohttp's handler_cancellation) or it is shutting down for good.
@@ -200,6 +221,7 @@ class Session:
             await self._finish(tasks, self.stop)
             raise
         except BaseException:
+            await self._stop_stoppers()
             await cancel_and_wait(tasks)
             raise
         await self._finish(tasks, self.stop)
@@ -214,6 +236,7 @@ class Session:
         the peer's close frame, so the upstream would see a 1006 instead of our code.
         """
         upstream_pump, others = tasks[0], tasks[1:]
+        await self._stop_stoppers()
         await cancel_and_wait(others)
         try:
             await self._close(stop)
@@ -354,61 +377,81 @@ class Session:
 
     # Stoppers ----------------------------------------------------------------------
 
-    async def _wait_shutdown(self) -> Stop:
-        await self._shutdown.wait()
-        return Stop(StopReason.SHUTDOWN, "server shutting down")
+    async def _stop_stoppers(self) -> None:
+        for timer in (self._limit_timer, self._idle_timer, self._poll_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._poll is not None:
+            await cancel_and_wait([self._poll])
 
-    async def _time_limit(self, limit: float) -> Stop:
-        await asyncio.sleep(limit)
-        return Stop(StopReason.TIME_LIMIT, f"{limit:g}s")
-
-    async def _idle(self) -> Stop:
-        loop = asyncio.get_running_loop()
+    def _check_idle(self) -> None:
         idle = self._limits.idle_timeout
-        while True:
-            remaining = self._last_activity + idle - loop.time()
-            if remaining <= 0:
-                return Stop(StopReason.IDLE, f"no traffic for {idle:g}s")
-            await asyncio.sleep(remaining)
+        remaining = self._last_activity + idle - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            self.request_stop(Stop(StopReason.IDLE, f"no traffic for {idle:g}s"))
+        else:
+            self._idle_timer = asyncio.get_running_loop().call_later(remaining, self._check_idle)
 
-    async def _repoll(self) -> Stop:
+    def _schedule_poll(self) -> None:
+        limits = self._limits
+        jitter = 1 + random.uniform(-limits.poll_jitter, limits.poll_jitter)  # noqa: S311
+        loop = asyncio.get_running_loop()
+        self._poll_timer = loop.call_later(limits.poll_interval * jitter, self._start_poll)
+
+    def _start_poll(self) -> None:
+        if self._stopped.done():
+            return
+        self._poll = spawn(self._poll_once(), name=f"session-{self.id}-repoll")
+        self._poll.add_done_callback(self._poll_done)
+
+    def _poll_done(self, task: asyncio.Task[Stop | None]) -> None:
+        if task.cancelled():
+            return
+        self._poll = None
+        exc = task.exception()
+        if exc is not None:
+            log.error("session task %s crashed", task.get_name(), exc_info=exc)
+            self.request_stop(Stop(StopReason.INTERNAL, type(exc).__name__))
+        elif (stop := task.result()) is not None:
+            self.request_stop(stop)
+        elif not self._stopped.done():
+            self._schedule_poll()
+
+    async def _poll_once(self) -> Stop | None:
         """Re-ask the authorization API; compare what it says with the original grant."""
         limits = self._limits
-        failures = 0
-        while True:
-            jitter = 1 + random.uniform(-limits.poll_jitter, limits.poll_jitter)  # noqa: S311
-            await asyncio.sleep(limits.poll_interval * jitter)
-            try:
-                answer = await self._authorizer.reauthorize(self._request, self._grant)
-            except AuthorizationError as exc:
-                failures += 1
+        try:
+            answer = await self._authorizer.reauthorize(self._request, self._grant)
+        except AuthorizationError as exc:
+            self._poll_failures += 1
+            log.warning(
+                "session %s: re-authorization failed (%d/%d): %s",
+                self.id,
+                self._poll_failures,
+                limits.poll_failure_grace,
+                exc.detail,
+            )
+            if self._poll_failures >= limits.poll_failure_grace:
+                return Stop(StopReason.AUTH_UNAVAILABLE, exc.public)
+            return None
+        if isinstance(answer, PassBack):
+            if answer.status >= 500:
+                self._poll_failures += 1
                 log.warning(
-                    "session %s: re-authorization failed (%d/%d): %s",
+                    "session %s: re-authorization answered %d (%d/%d)",
                     self.id,
-                    failures,
+                    answer.status,
+                    self._poll_failures,
                     limits.poll_failure_grace,
-                    exc.detail,
                 )
-                if failures >= limits.poll_failure_grace:
-                    return Stop(StopReason.AUTH_UNAVAILABLE, exc.public)
-                continue
-            if isinstance(answer, PassBack):
-                if answer.status >= 500:
-                    failures += 1
-                    log.warning(
-                        "session %s: re-authorization answered %d (%d/%d)",
-                        self.id,
-                        answer.status,
-                        failures,
-                        limits.poll_failure_grace,
-                    )
-                    if failures >= limits.poll_failure_grace:
-                        return Stop(StopReason.AUTH_UNAVAILABLE, f"status {answer.status}")
-                    continue
-                return Stop(StopReason.REVOKED, f"authorization answered {answer.status}")
-            if answer != self._grant:
-                return Stop(StopReason.CHANGED, "re-authorization returned other details")
-            failures = 0
+                if self._poll_failures >= limits.poll_failure_grace:
+                    return Stop(StopReason.AUTH_UNAVAILABLE, f"status {answer.status}")
+                return None
+            return Stop(StopReason.REVOKED, f"authorization answered {answer.status}")
+        if answer != self._grant:
+            return Stop(StopReason.CHANGED, "re-authorization returned other details")
+        self._poll_failures = 0
+        return None
 
     # Closing -------------------------------------------------------------------------
 
@@ -442,15 +485,16 @@ class Session:
             pass
 
 
-def _first_stop(tasks: list[asyncio.Task[Stop]], done: set[asyncio.Task[Stop]]) -> Stop:
-    for task in tasks:  # in priority order: pumps first, then stoppers
-        if task in done:
+def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) -> Stop:
+    """The pumps' verdict first (what the peers did), then the stoppers'."""
+    for task in pumps:
+        if task.done():
             exc = task.exception()
             if exc is not None:
                 log.error("session task %s crashed", task.get_name(), exc_info=exc)
                 return Stop(StopReason.INTERNAL, type(exc).__name__)
             return task.result()
-    raise AssertionError("asyncio.wait returned without a finished task")
+    return stopped.result()
 
 
 def _min_positive(*values: float) -> float:

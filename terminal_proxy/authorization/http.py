@@ -64,12 +64,17 @@ def forwardable_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[str,
 
 
 def new_client(config: AuthorizationConfig) -> httpx.AsyncClient:
-    """A pooled client; environment proxies are ignored (the API is ours to reach)."""
+    """A pooled client; environment proxies are ignored (the API is ours to reach).
+
+    The pool is small on purpose: httpcore checks every pooled connection (a poll()
+    each) on every request, so a large pool costs CPU on every session set-up; 32
+    connections still carry hundreds of authorizations per second (docs/performance.md).
+    """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(config.timeout),
         follow_redirects=False,
         trust_env=False,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
     )
 
 
@@ -87,21 +92,26 @@ class HttpAuthorizer(abc.ABC):
         self._backend = httpx.URL(config.backend.rstrip("/"))
         self._config = config
         self._client = client
+        # The last signed JWT: (iat, token).
+        self._jwt: tuple[int, str] | None = None
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     def signed_headers(self) -> list[tuple[str, str]]:
-        """Headers identifying the gateway to the web app."""
+        """Headers identifying the gateway to the web app.
+
+        ``iat`` has a resolution of one second, so the token is signed once per second
+        and reused within it (signing is a visible part of a session's set-up cost).
+        """
         secret = self._config.secret
         if secret is None:
             return []
-        token = jwt.encode(
-            {"iss": self.jwt_issuer, "iat": int(time.time())},
-            secret.reveal(),
-            algorithm="HS256",
-        )
-        return [(self.jwt_header, token)]
+        now = int(time.time())
+        if self._jwt is None or self._jwt[0] != now:
+            token = jwt.encode({"iss": self.jwt_issuer, "iat": now}, secret.reveal(), "HS256")
+            self._jwt = (now, token)
+        return [(self.jwt_header, self._jwt[1])]
 
     def url_for(self, request: BrowserRequest) -> httpx.URL:
         path = self._backend.path.rstrip("/") + request.path + "/authorize"

@@ -190,6 +190,48 @@ def run_down(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def run_down_messages(params: dict[str, Any]) -> dict[str, Any]:
+    """``run_down`` as a browser consumes it: one message at a time (aiohttp's client).
+
+    A browser hands every WebSocket message to JavaScript separately, so what a
+    terminal page sees is bounded by messages per second as much as by bytes.
+    """
+    import aiohttp
+
+    target = Target.from_params(params)
+    size, count = int(params["size"]), int(params["count"])
+    expected = size * count
+    base = f"http://{target.host}:{target.port}"
+    url = base + target.url(f"mode=down&size={size}&count={count}")
+    got = messages = 0
+    timeout = aiohttp.ClientWSTimeout(ws_close=float(params["timeout"]))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url, protocols=target.offer, origin=base, max_msg_size=0, timeout=timeout
+        ) as ws,
+    ):
+        started = time.perf_counter()
+        while got < expected:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                out = target.output(msg.data)
+            elif msg.type is aiohttp.WSMsgType.TEXT:
+                out = target.output(msg.data.encode())
+            else:
+                raise ConnectionError(f"{msg.type.name} ({ws.close_code}) after {got} B")
+            messages += 1
+            got += len(out) if out is not None else 0
+        seconds = time.perf_counter() - started
+    return {
+        "bytes": got,
+        "messages": messages,
+        "seconds": seconds,
+        "mb_per_s": got / seconds / 1e6,
+        "messages_per_s": messages / seconds,
+    }
+
+
 def run_up(params: dict[str, Any]) -> dict[str, Any]:
     """Send ``count`` pre-masked frames of ``size`` bytes; time until the sink's count."""
     target = Target.from_params(params)
@@ -538,6 +580,8 @@ def main() -> int:
     try:
         if mode == "down":
             _emit(run_down(params))
+        elif mode == "down_messages":
+            _emit(run(run_down_messages(params), use_uvloop=False))
         elif mode == "up":
             _emit(run_up(params))
         elif mode == "echo":

@@ -139,6 +139,15 @@ def down_64(b: Bench, relay: Relay) -> dict[str, Any]:
     return result
 
 
+def down_64_browser(b: Bench, relay: Relay) -> dict[str, Any]:
+    """down_64 read one message at a time, as a browser's onmessage does."""
+    count = b.settings.down_64_count
+    result = _client(b, relay, "down_messages", size=64, count=count)
+    if "relay_cpu_s" in result:
+        result["cpu_us_per_frame"] = result["relay_cpu_s"] * 1e6 / count
+    return result
+
+
 def up_16k(b: Bench, relay: Relay) -> dict[str, Any]:
     result = _client(b, relay, "up", size=16384, count=b.settings.up_16k_count)
     _per_mb(result)
@@ -312,6 +321,7 @@ FIGURES: dict[str, Figure] = {
     for f in (
         Figure("down_16k", down_16k),
         Figure("down_64", down_64),
+        Figure("down_64_browser", down_64_browser),
         Figure("up_16k", up_16k),
         Figure("echo", echo),
         Figure("setup", setup),

@@ -147,6 +147,15 @@ ROWS: tuple[RowSpec, ...] = (
         _at_most(5.0),
     ),
     RowSpec(
+        "down_64_browser",
+        "down_64_browser",
+        "upstream→browser, 64 B frames, read one message at a time (browser-like client)",
+        "MB/s",
+        "mb_per_s",
+        "report",
+        _report_only,
+    ),
+    RowSpec(
         "up_16k",
         "up_16k",
         "browser→upstream, 16 KiB frames",

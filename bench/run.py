@@ -74,6 +74,7 @@ SMOKE = Settings(
 PROGRESS = {
     "down_16k": ("mb_per_s", "MB/s"),
     "down_64": ("mb_per_s", "MB/s"),
+    "down_64_browser": ("mb_per_s", "MB/s"),
     "up_16k": ("mb_per_s", "MB/s"),
     "echo": ("p50_us", "µs p50"),
     "setup": ("sessions_per_s", "sessions/s"),

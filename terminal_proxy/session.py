@@ -5,9 +5,10 @@ swapped, as in Workhorse's proxy.go). The stoppers (time limit, idle timeout, re
 server shutdown) are loop timers that resolve one future; a re-poll runs as a task only
 while it asks. The first pump to finish, or else the stoppers' future, decides the
 ``Stop``; everything else is cancelled and awaited; then both sockets are closed on
-purpose, each with the code and reason of ``docs/close-codes.md``. Bytes the upstream sent before it closed have all been
-written to the browser before the browser's close frame, because the upstream pump only
-returns after the upstream's close frame and writes in order.
+purpose, each with the code and reason of ``docs/close-codes.md``. Bytes the upstream
+sent before it closed have all been written to the browser before the browser's close
+frame, because the upstream pump only returns after the upstream's close frame and
+writes in order (output it gathered to coalesce is flushed first).
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class Session:
         """
         upstream, browser = self.upstream, self.browser
         decode, encode = self.upstream_codec.decode, self.browser_codec.encode
+        plain_output = self.upstream_codec.plain_output
         queued = _parsed_queue(upstream)
         loop = asyncio.get_running_loop()
         chunks: list[bytes] = []
@@ -265,6 +267,20 @@ class Session:
             if msg.type in _DATA:
                 payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
                 self._last_activity = loop.time()
+                # The common frame (plain output) skips decode() and its event object.
+                if (plain := plain_output(msg.type, payload)) is not None:  # type: ignore[arg-type]
+                    if chunks and (plain[0] != stream or size >= COALESCE_LIMIT):
+                        if not await self._send_output(chunks, stream):
+                            return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                        chunks, size = [], 0
+                    stream, data = plain
+                    chunks.append(data)
+                    size += len(data)
+                    if size >= COALESCE_LIMIT or not queued:
+                        if not await self._send_output(chunks, stream):
+                            return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                        chunks, size = [], 0
+                    continue
                 try:
                     events = decode(msg.type, payload)  # type: ignore[arg-type]
                 except ProtocolError as exc:

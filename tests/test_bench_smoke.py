@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "down_16k",
     "down_64",
+    "down_64_browser",
     "cpu_per_frame",
     "up_16k",
     "echo_p50",
@@ -36,7 +37,15 @@ ROWS = (
     "workers",
 )
 # Rows with a same-run baseline measured straight to the upstream, and through nginx.
-WITH_DIRECT = ("down_16k", "down_64", "up_16k", "echo_p50", "echo_p99", "setup_rate")
+WITH_DIRECT = (
+    "down_16k",
+    "down_64",
+    "down_64_browser",
+    "up_16k",
+    "echo_p50",
+    "echo_p99",
+    "setup_rate",
+)
 WITH_NGINX = (*WITH_DIRECT, "cpu_per_frame", "idle_memory", "sessions_held", "cpu_per_mb")
 
 

@@ -761,3 +761,55 @@ def test_output_round_trip(name: str, chunks: list[tuple[bytes, int]]) -> None:
     events = decode_all(codec_for(name, CLIENT), frames)
     merged = name in GITLABS
     assert events == [Output(d, STDOUT if merged else s) for d, s in chunks if d]
+
+
+# The hot path's shortcut ------------------------------------------------------------------
+
+PLAIN_PAYLOADS = [
+    b"",
+    b"\x00",
+    b"\x01",
+    b"\x01hello",
+    b"\x02oops",
+    b"\x03" + b'{"metadata":{},"status":"Success"}',
+    b"\x04{}",
+    b"\xff\x00",
+    b"1aGVsbG8=",
+    b"2b29wcw==",
+    b"hello",
+    bytes(range(256)),
+]
+
+
+@pytest.mark.parametrize("opcode", [Opcode.BINARY, Opcode.TEXT])
+@pytest.mark.parametrize("role", [SERVER, CLIENT])
+@pytest.mark.parametrize("name", ALL)
+def test_plain_output_agrees_with_decode(name: str, role: Role, opcode: Opcode) -> None:
+    """plain_output() answers only when decode() gives exactly one Output, and the same one."""
+    codec = codec_for(name, role)
+    for payload in PLAIN_PAYLOADS:
+        shortcut = codec.plain_output(opcode, payload)
+        if shortcut is None:
+            continue
+        stream, data = shortcut
+        assert codec.decode(opcode, payload) == (Output(data, stream),), payload
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "expected"),
+    [
+        ("v5.channel.k8s.io", b"\x01hi", (STDOUT, b"hi")),
+        ("v4.channel.k8s.io", b"\x02err", (STDERR, b"err")),
+        ("channel.k8s.io", b"\x01hi", (STDOUT, b"hi")),
+        ("terminal.gitlab.com", b"hi", (STDOUT, b"hi")),
+        ("v5.channel.k8s.io", b"\x01", None),
+        ("v5.channel.k8s.io", b"\x03{}", None),
+        ("base64.channel.k8s.io", b"1aGk=", None),
+        ("base64.terminal.gitlab.com", b"aGk=", None),
+    ],
+)
+def test_plain_output_takes_the_common_frames(
+    name: str, payload: bytes, expected: tuple[int, bytes] | None
+) -> None:
+    """Upstream output frames of the binary protocols take the shortcut; the rest decode."""
+    assert codec_for(name, CLIENT).plain_output(Opcode.BINARY, payload) == expected

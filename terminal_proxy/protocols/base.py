@@ -60,3 +60,8 @@ class Codec(Protocol):
     def encode(self, event: Event) -> Sequence[Frame]:
         """Turn one event into the frames to send (empty when not expressible)."""
         ...
+
+    def plain_output(self, opcode: Opcode, payload: bytes) -> tuple[int, bytes] | None:
+        """The hot path's shortcut: ``(stream, data)`` when ``decode`` would return exactly
+        ``(Output(data, stream),)``, else None (then call ``decode``). Never raises."""
+        ...

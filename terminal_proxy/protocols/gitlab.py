@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from .base import Frame, Opcode, ProtocolError, Role
-from .events import Event, Output, Stdin, StdinClosed
+from .events import STDOUT, Event, Output, Stdin, StdinClosed
 
 __all__ = ["BASE64_TERMINAL", "GITLAB_PROTOCOLS", "TERMINAL", "GitLabCodec", "gitlab_codec"]
 
@@ -74,6 +74,11 @@ class GitLabCodec:
         if self._client:
             return (Output(data),)
         return (Stdin(data),)
+
+    def plain_output(self, opcode: Opcode, payload: bytes) -> tuple[int, bytes] | None:
+        if self._client and not self._b64 and payload:
+            return (STDOUT, payload)
+        return None
 
     def encode(self, event: Event) -> Sequence[Frame]:
         if self._client:

@@ -157,6 +157,9 @@ class KubernetesServerCodec(_KubernetesCodec):
 
     __slots__ = ()
 
+    def plain_output(self, opcode: Opcode, payload: bytes) -> tuple[int, bytes] | None:
+        return None  # a browser sends no output
+
     def decode(self, opcode: Opcode, payload: bytes) -> Sequence[Event]:
         if not payload:
             return _NOTHING
@@ -207,6 +210,11 @@ class KubernetesClientCodec(_KubernetesCodec):
     """
 
     __slots__ = ()
+
+    def plain_output(self, opcode: Opcode, payload: bytes) -> tuple[int, bytes] | None:
+        if self._b64 or len(payload) < 2 or payload[0] not in (STREAM_STDOUT, STREAM_STDERR):
+            return None
+        return (payload[0], payload[1:])
 
     def decode(self, opcode: Opcode, payload: bytes) -> Sequence[Event]:
         if not payload:

@@ -41,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -61,6 +62,8 @@ from urllib.parse import urlencode
 import trustme
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from .kube_cluster import FakeCluster
 
 __all__ = [
     "ALL_SUBPROTOCOLS",
@@ -1080,6 +1083,7 @@ class _Identity:
     forbidden: bool = False
     # Sec-WebSocket-Protocol after removing an accepted token entry (None: unchanged).
     filtered_protocols: str | None = None
+    groups: tuple[str, ...] = ("system:authenticated",)
 
 
 @dataclass(frozen=True)
@@ -1126,6 +1130,7 @@ class FakeKubeApiServer:
         tls_cert_file: str | Path | None = None,
         tls_key_file: str | Path | None = None,
         tls_ca_file: str | Path | None = None,
+        cluster: FakeCluster | None = None,
     ) -> None:
         """Configure; nothing listens until ``start()`` / ``async with``.
 
@@ -1138,6 +1143,8 @@ class FakeKubeApiServer:
             answered). record_limit: stdin bytes kept per session in ``stdin_chunks``.
         tls_cert_file/tls_key_file: serve this certificate instead of a trustme one; then
             ``ca_pem`` is tls_ca_file's content (or the certificate's, if self-signed).
+        cluster: RBAC, impersonation, access reviews and objects (tests/fakes/kube_cluster.py);
+            without it every exec is allowed to valid tokens and impersonation is refused.
         """
         # token -> (user, forbidden)
         self._users: dict[str, tuple[str, bool]] = {
@@ -1146,6 +1153,9 @@ class FakeKubeApiServer:
         self._users.update(
             (t, (u, True)) for t, u in _tokens(forbidden_tokens, "forbidden-user").items()
         )
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.server = self
         self.pods: dict[tuple[str, str], FakePod] = {}
         for pod in default_pods() if pods is None else pods:
             self.add_pod(pod)
@@ -1311,6 +1321,13 @@ class FakeKubeApiServer:
     def add_pod(self, pod: FakePod) -> None:
         self.pods[(pod.namespace, pod.name)] = pod
 
+    def learn_token(self, token: str, user: str) -> None:
+        """Accept ``token`` as ``user`` from now on (TokenRequest, tests)."""
+        self._users[token] = (user, False)
+
+    def forget_token(self, token: str) -> None:
+        self._users.pop(token, None)
+
     def requests_to(self, path_prefix: str) -> list[RequestRecord]:
         """Recorded requests whose path starts with ``path_prefix``."""
         return [r for r in self.requests if r.path.startswith(path_prefix)]
@@ -1352,11 +1369,27 @@ class FakeKubeApiServer:
             return authenticated  # 401; anonymous may only read public info
 
         parts = path.strip("/").split("/")
+        if identity is not None:
+            acting = self._impersonate(request, identity)
+            if isinstance(acting, web.Response):
+                return acting
+            identity = acting
+            request[_USER_KEY] = identity.user
+            if self.cluster is not None:
+                handled = await self.cluster.handle(
+                    request, identity.user, list(identity.groups), parts
+                )
+                if handled is not None:
+                    return handled
         namespaced = len(parts) >= 5 and parts[:3] == ["api", "v1", "namespaces"]
         if namespaced and parts[4] == "pods" and len(parts) == 7 and parts[6] in ("exec", "attach"):
             if identity is None:
                 return _status_response(401, "Unauthorized", "Unauthorized")
             kind: _SessionKind = "exec" if parts[6] == "exec" else "attach"
+            if self.cluster is not None and not self.cluster.allowed(
+                identity.user, identity.groups, "create", "", f"pods/{kind}", parts[3], parts[5]
+            ):
+                identity = dataclasses.replace(identity, forbidden=True)
             return await self._handle_stream(request, identity, kind, parts[3], parts[5])
         if request.method != "GET":
             return _status_response(
@@ -1380,7 +1413,12 @@ class FakeKubeApiServer:
                 }
             )
         if path == "/apis":
-            return _json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            groups = [] if self.cluster is None else [_group(g) for g in _CLUSTER_GROUPS]
+            return _json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if self.cluster is not None and path.startswith("/apis/"):
+            listed = _CLUSTER_GROUPS.get(path[len("/apis/") :].removesuffix("/v1"))
+            if listed is not None and path.endswith("/v1"):
+                return _json_response(listed)
         if path == "/api/v1":
             return _json_response(_CORE_V1_RESOURCES)
         if path == "/api/v1/pods":
@@ -1405,6 +1443,26 @@ class FakeKubeApiServer:
             "items": items,
         }
 
+    def _impersonate(self, request: web.Request, identity: _Identity) -> _Identity | web.Response:
+        """Impersonate-User / Impersonate-Group: only for requesters RBAC lets impersonate."""
+        if self.cluster is None:
+            if "Impersonate-User" in request.headers or "Impersonate-Group" in request.headers:
+                user = request.headers.get("Impersonate-User", "")
+                return _status_response(
+                    403,
+                    "Forbidden",
+                    f'users "{user}" is forbidden: User "{identity.user}" cannot impersonate '
+                    'resource "users" in API group "" at the cluster scope',
+                    {"name": user, "kind": "users"},
+                )
+            return identity
+        acting = self.cluster.impersonate(identity.user, list(identity.groups), request)
+        if acting is None:
+            return identity
+        if isinstance(acting, web.Response):
+            return acting
+        return dataclasses.replace(identity, user=acting[0], groups=tuple(acting[1]))
+
     def _authenticate(self, request: web.Request) -> _Identity | web.Response:
         """Bearer header, then (WebSocket only) the token subprotocol; 401 if neither works."""
         unauthorized = _status_response(401, "Unauthorized", "Unauthorized")
@@ -1412,7 +1470,7 @@ class FakeKubeApiServer:
         parts = request.headers.get("Authorization", "").strip().split(" ", 2)
         if len(parts) >= 2 and parts[0].lower() == "bearer" and parts[1] in self._users:
             user, forbidden = self._users[parts[1]]
-            return _Identity(user, "header", forbidden)
+            return _Identity(user, "header", forbidden, groups=_groups_of(user))
         if not _is_websocket(request):
             return unauthorized
         token_entries = 0
@@ -1432,7 +1490,7 @@ class FakeKubeApiServer:
         if not token or not filtered or token not in self._users:
             return unauthorized  # missing additional subprotocol, or a bad token
         user, forbidden = self._users[token]
-        return _Identity(user, "subprotocol", forbidden, ",".join(filtered))
+        return _Identity(user, "subprotocol", forbidden, ",".join(filtered), _groups_of(user))
 
     async def _handle_stream(
         self,
@@ -1754,6 +1812,24 @@ class FakeKubeApiServer:
         return True
 
 
+def _groups_of(user: str) -> tuple[str, ...]:
+    """The groups the authenticator adds: service accounts get theirs, everyone
+    system:authenticated."""
+    if user.startswith("system:serviceaccount:"):
+        namespace = user.split(":")[2]
+        return (
+            "system:serviceaccounts",
+            f"system:serviceaccounts:{namespace}",
+            "system:authenticated",
+        )
+    return ("system:authenticated",)
+
+
+def _group(name: str) -> dict[str, Any]:
+    version = {"groupVersion": f"{name}/v1", "version": "v1"}
+    return {"name": name, "versions": [version], "preferredVersion": version}
+
+
 def _connection_tokens(request: web.BaseRequest) -> list[str]:
     return [t.strip().lower() for t in request.headers.get("Connection", "").split(",")]
 
@@ -1873,6 +1949,36 @@ _CORE_V1_RESOURCES: Final = {
         ),
         _resource("services", "Service", _RW, short=["svc"], singular="service"),
     ],
+}
+
+
+def _resource_list(group: str, *resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/v1",
+        "resources": list(resources),
+    }
+
+
+_CLUSTER_GROUPS: Final[dict[str, dict[str, Any]]] = {
+    "authorization.k8s.io": _resource_list(
+        "authorization.k8s.io",
+        _resource(
+            "selfsubjectaccessreviews", "SelfSubjectAccessReview", ["create"], namespaced=False
+        ),
+        _resource("subjectaccessreviews", "SubjectAccessReview", ["create"], namespaced=False),
+    ),
+    "rbac.authorization.k8s.io": _resource_list(
+        "rbac.authorization.k8s.io",
+        _resource("rolebindings", "RoleBinding", _RW, singular="rolebinding"),
+    ),
+    "networking.k8s.io": _resource_list(
+        "networking.k8s.io",
+        _resource(
+            "networkpolicies", "NetworkPolicy", _RW, short=["netpol"], singular="networkpolicy"
+        ),
+    ),
 }
 
 

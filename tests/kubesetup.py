@@ -1,0 +1,115 @@
+"""A fake cluster with RBAC behind the fake kube-apiserver, and a gateway configured for
+its Kubernetes routes (kubeconfig written to a scratch directory)."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp.test_utils import TestServer
+
+from terminal_proxy.app import build_app
+from terminal_proxy.config import Config, load_config
+from tests.fakes.kube_apiserver import FakeKubeApiServer
+from tests.fakes.kube_cluster import FakeCluster, FakeRbac
+from tests.fakes.kubectl import write_kubeconfig
+from tests.logcapture import remember_secret
+
+GATEWAY_USER = "system:serviceaccount:terminal-proxy:gateway"
+USER_HEADER = "X-Forwarded-User"
+GROUPS_HEADER = "X-Forwarded-Groups"
+TERMINAL_VIEW = "terminal-view"
+
+
+def gateway_rbac(rbac: FakeRbac, *, provision: bool = False) -> None:
+    """Exactly the permissions docs/kubernetes.md says the gateway needs."""
+    rbac.allow(GATEWAY_USER, ["create"], ["subjectaccessreviews"], groups=["authorization.k8s.io"])
+    rbac.allow(GATEWAY_USER, ["impersonate"], ["users", "groups"])
+    if provision:
+        rbac.allow(
+            GATEWAY_USER,
+            ["create", "get", "list", "watch", "patch", "delete"],
+            ["serviceaccounts", "secrets", "pods"],
+        )
+        rbac.allow(GATEWAY_USER, ["create"], ["serviceaccounts/token"])
+        rbac.allow(
+            GATEWAY_USER,
+            ["create", "get", "list", "delete"],
+            ["rolebindings"],
+            groups=["rbac.authorization.k8s.io"],
+        )
+        rbac.allow(
+            GATEWAY_USER,
+            ["bind"],
+            ["clusterroles"],
+            groups=["rbac.authorization.k8s.io"],
+            names=[TERMINAL_VIEW],
+        )
+        rbac.allow(
+            GATEWAY_USER,
+            ["create", "get", "list", "delete"],
+            ["networkpolicies"],
+            groups=["networking.k8s.io"],
+        )
+
+
+class ClusterKube(FakeKubeApiServer):
+    """The fake kube-apiserver with a cluster; ``token`` is the gateway's."""
+
+    def __init__(self, cluster: FakeCluster, **kwargs: Any) -> None:
+        self.token = secrets.token_urlsafe(18)
+        remember_secret(self.token)
+        super().__init__(tokens={self.token: GATEWAY_USER}, cluster=cluster, **kwargs)
+        self.fake = cluster
+
+    async def __aenter__(self) -> ClusterKube:
+        await self.start()
+        return self
+
+
+def kube_config(
+    kube: FakeKubeApiServer,
+    token: str,
+    directory: Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    routes: list[dict[str, Any]] | None = None,
+) -> Config:
+    kubeconfig = write_kubeconfig(
+        directory / "kubeconfig", kube.url, ca_pem=kube.ca_pem, token=token
+    )
+    doc: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "routes": routes or [{"name": "k8s", "kind": "kubernetes"}],
+        "authorization": {"poll_interval": "60s", "poll_jitter": 0},
+        "upstream": {"dial_timeout": "5s"},
+        "session": {"shutdown_grace": 0, "close_timeout": "2s"},
+        "kubernetes": {
+            "clusters": [{"name": "dev", "kubeconfig": str(kubeconfig)}],
+            "identity": {
+                "user_header": USER_HEADER,
+                "groups_header": GROUPS_HEADER,
+                "trusted_proxies": ["127.0.0.1/32"],
+            },
+        },
+    }
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return load_config(yaml.safe_dump(doc))
+
+
+@contextlib.asynccontextmanager
+async def start_gateway(config: Config) -> AsyncIterator[TestServer]:
+    server = TestServer(build_app(config), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()

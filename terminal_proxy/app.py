@@ -26,6 +26,7 @@ from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
+from .authorization.routing import uses_kubernetes, with_kubernetes
 from .config import Config
 from .errors import (
     AuthorizationError,
@@ -126,16 +127,22 @@ def build_app(
 async def _clients(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     config = gateway.config
-    if gateway.authorizer is None:
+    if gateway.authorizer is None and config.authorization.backend is not None:
         client = new_client(config.authorization)
         if config.authorization.contract == "native":
             gateway.authorizer = NativeAuthorizer(config.authorization, client)
         else:
             gateway.authorizer = GitLabAuthorizer(config.authorization, client)
+    upstream_config = config.upstream
+    if uses_kubernetes(config):
+        # Kubernetes routes: the clusters' API hosts join the upstream allowlist.
+        gateway.authorizer, upstream_config = await with_kubernetes(config, gateway.authorizer)
+    if gateway.authorizer is None:
+        raise ValueError("authorization.backend is not set")
     gateway.session_authorizer = ObservedAuthorizer(gateway.authorizer, gateway.metrics)
     gateway.audit = AuditLog(config.audit)
     gateway.audit.open()
-    gateway.dialer = Dialer(config.upstream, close_timeout=config.session.close_timeout)
+    gateway.dialer = Dialer(upstream_config, close_timeout=config.session.close_timeout)
     await gateway.dialer.start()
     if config.upstream.insecure_skip_tls_verify:
         log.warning("upstream.insecure_skip_tls_verify is on: upstream TLS is NOT verified")
@@ -602,6 +609,7 @@ def _snapshot(request: web.Request, trusted: Sequence[_IPNetwork]) -> BrowserReq
         headers=raw,
         client_ip=client_ip,
         forwarded_for=forwarded_for,
+        peer=remote,
     )
 
 

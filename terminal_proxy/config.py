@@ -57,6 +57,10 @@ __all__ = [
     "Contract",
     "HostPattern",
     "IPNetwork",
+    "KubernetesClusterConfig",
+    "KubernetesConfig",
+    "KubernetesIdentityConfig",
+    "KubernetesProvisionConfig",
     "LimitsConfig",
     "ListenAddress",
     "LogFormat",
@@ -65,6 +69,7 @@ __all__ = [
     "MetricsConfig",
     "Problem",
     "RouteConfig",
+    "RouteKind",
     "Secret",
     "SessionConfig",
     "TLSConfig",
@@ -79,6 +84,9 @@ __all__ = [
 Contract: TypeAlias = Literal["gitlab", "native"]
 LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
 LogFormat: TypeAlias = Literal["text", "json"]
+# Who decides on a route: the authorization API, or the gateway itself against a Kubernetes
+# cluster (an existing pod's container, or a terminal pod provisioned for the session).
+RouteKind: TypeAlias = Literal["authorization", "kubernetes", "kubernetes-provision"]
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Size of the key GitLab Rails shares with Workhorse (``.gitlab_workhorse_secret``).
@@ -220,6 +228,10 @@ class RouteConfig:
 
     name: str
     pattern: re.Pattern[str]
+    # "authorization": the configured authorization API decides; the kubernetes kinds: the
+    # gateway's own Kubernetes authorizer (docs/kubernetes.md), with the target taken from
+    # the pattern's named groups.
+    kind: RouteKind = "authorization"
 
     def matches(self, path: str) -> bool:
         return self.pattern.search(path) is not None
@@ -230,6 +242,22 @@ DEFAULT_ROUTES: Final = (
     RouteConfig("job", re.compile(r"^/(?:[^/]+/)+-/jobs/[0-9]+/terminal\.ws\Z")),
     RouteConfig("generic", re.compile(r"^/(?:.+/)?terminal\.ws\Z")),
 )
+
+# Default patterns of the Kubernetes route kinds and the named groups each kind needs.
+KUBERNETES_ROUTE_PATTERNS: Final[dict[str, str]] = {
+    "kubernetes": (
+        r"^/k8s/(?P<cluster>[a-z0-9][a-z0-9-]*)/(?P<namespace>[a-z0-9][a-z0-9-]*)"
+        r"/(?P<pod>[a-z0-9][a-z0-9.-]*)/(?P<container>[a-z0-9][a-z0-9-]*)/terminal\.ws\Z"
+    ),
+    "kubernetes-provision": (
+        r"^/k8s-terminal/(?P<cluster>[a-z0-9][a-z0-9-]*)/(?P<namespace>[a-z0-9][a-z0-9-]*)"
+        r"/terminal\.ws\Z"
+    ),
+}
+_ROUTE_GROUPS: Final[dict[str, tuple[str, ...]]] = {
+    "kubernetes": ("cluster", "namespace", "pod", "container"),
+    "kubernetes-provision": ("cluster", "namespace"),
+}
 
 _LOOPBACK: Final[tuple[IPNetwork, ...]] = (
     ipaddress.IPv4Network("127.0.0.1/32"),
@@ -355,6 +383,80 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesClusterConfig:
+    # The name routes use (/k8s/<name>/...): lower-case letters, digits and '-'.
+    name: str = ""
+    # A kubeconfig file (its current context, or ``context``); or in_cluster: true for the
+    # service account of the pod the gateway runs in. Exactly one of the two.
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesIdentityConfig:
+    # Header an authenticating proxy sets to the user name (e.g. X-Forwarded-User), and
+    # one with the groups (comma-separated or repeated); only believed from trusted_proxies.
+    user_header: str | None = None
+    groups_header: str | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Bearer JWTs (Authorization: Bearer, or the cookie jwt_cookie) verified with the PEM
+    # public keys in jwt_keys_file; issuer and audience are required with it.
+    jwt_keys_file: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_cookie: str | None = None
+    jwt_leeway: float = 30.0
+    username_claim: str = "sub"
+    groups_claim: str = "groups"
+    # Prepended to the user name and groups before they reach the cluster (like the
+    # apiserver's --oidc-username-prefix), e.g. "oidc:".
+    username_prefix: str = ""
+    groups_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesProvisionConfig:
+    # The role the session's ServiceAccount is bound to in the target namespace.
+    role_kind: Literal["ClusterRole", "Role"] = "ClusterRole"
+    role_name: str = "view"
+    # The terminal pod's image (required for kubernetes-provision routes) and what is run.
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    command: tuple[str, ...] = ("sleep", "infinity")
+    shell: tuple[str, ...] = ("sh",)
+    run_as_user: int = 1000
+    cpu_request: str = "100m"
+    cpu_limit: str = "500m"
+    memory_request: str = "64Mi"
+    memory_limit: str = "256Mi"
+    # The API server URL written into the pod's kubeconfig, and where its egress may go.
+    api_server_url: str = "https://kubernetes.default.svc"
+    api_server_cidrs: tuple[IPNetwork, ...] = ()
+    api_server_ports: tuple[int, ...] = (443, 6443)
+    # Lifecycle: no heartbeat for heartbeat_timeout, or older than expiry, is deleted.
+    heartbeat_timeout: float = 300.0
+    expiry: float = 1800.0
+    cleanup_interval: float = 60.0
+    ready_timeout: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    clusters: tuple[KubernetesClusterConfig, ...] = ()
+    identity: KubernetesIdentityConfig = field(default_factory=KubernetesIdentityConfig)
+    # What "kubernetes" routes run in the target container.
+    command: tuple[str, ...] = ("sh",)
+    # Session limit of "kubernetes" routes, seconds; 0: none.
+    max_session_time: float = 0.0
+    provision: KubernetesProvisionConfig = field(default_factory=KubernetesProvisionConfig)
+
+    def cluster(self, name: str) -> KubernetesClusterConfig | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: ListenAddress = field(default_factory=ListenAddress)
     routes: tuple[RouteConfig, ...] = DEFAULT_ROUTES
@@ -367,6 +469,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def with_overrides(
         self,
@@ -523,7 +626,8 @@ def validate_for_serving(config: Config, *, source: str = "config") -> list[Prob
     use partial files; ``serve`` calls this after applying the command-line overrides.
     """
     problems = []
-    if config.authorization.backend is None:
+    uses_api = any(route.kind == "authorization" for route in config.routes)
+    if config.authorization.backend is None and uses_api:
         problems.append(
             Problem(
                 source,
@@ -551,7 +655,7 @@ def validate_for_serving(config: Config, *, source: str = "config") -> list[Prob
                     f"{tls.key_file!r}: {reason}",
                 )
             )
-    if not config.upstream.allowed_hosts:
+    if not config.upstream.allowed_hosts and not config.kubernetes.clusters:
         problems.append(
             Problem(
                 source,
@@ -1092,7 +1196,23 @@ def _finish_route(
     reader: _Reader, entry: _RouteEntry, nodes: Mapping[str, Node], key: str, node: Node | None
 ) -> Any:
     if "pattern" not in nodes:
-        reader.report(node, _join(key, "pattern"), "is required")
+        if entry.kind == "authorization":
+            reader.report(node, _join(key, "pattern"), "is required")
+            return _INVALID
+        if "kind" not in nodes:
+            return _INVALID  # the kind had a problem, already reported
+        entry = dataclasses.replace(
+            entry, pattern=re.compile(KUBERNETES_ROUTE_PATTERNS[entry.kind])
+        )
+    assert entry.pattern is not None
+    missing = [g for g in _ROUTE_GROUPS.get(entry.kind, ()) if g not in entry.pattern.groupindex]
+    if missing:
+        reader.report(
+            nodes.get("pattern", node),
+            _join(key, "pattern"),
+            f"a {entry.kind} route needs the named groups "
+            + ", ".join(f"(?P<{g}>...)" for g in missing),
+        )
         return _INVALID
     return entry
 
@@ -1101,11 +1221,16 @@ def _finish_route(
 class _RouteEntry:
     pattern: re.Pattern[str] | None = None
     name: str | None = None
+    kind: RouteKind = "authorization"
 
 
 _ROUTE_ENTRY: Final = _Section(
     _RouteEntry,
-    {"pattern": _scalar(_parse_pattern), "name": _scalar(_parse_route_name)},
+    {
+        "pattern": _scalar(_parse_pattern),
+        "name": _scalar(_parse_route_name),
+        "kind": _scalar(_choice("authorization", "kubernetes", "kubernetes-provision")),
+    },
     _finish_route,
 )
 _ROUTE_PATTERN: Final = _scalar(_parse_pattern)
@@ -1132,8 +1257,10 @@ def _read_routes(reader: _Reader, node: Node, key: str) -> Any:
                 continue
             pattern: re.Pattern[str] = entry.pattern
             name = entry.name or name
+            kind: RouteKind = entry.kind
         else:
             pattern = _ROUTE_PATTERN(reader, item, path)
+            kind = "authorization"
             if pattern is _INVALID:
                 failed = True
                 continue
@@ -1142,7 +1269,7 @@ def _read_routes(reader: _Reader, node: Node, key: str) -> Any:
             failed = True
             continue
         names[name] = i
-        routes.append(RouteConfig(name, pattern))
+        routes.append(RouteConfig(name, pattern, kind))
     return _INVALID if failed else tuple(routes)
 
 
@@ -1150,6 +1277,242 @@ _POSITIVE: Final = _scalar(_duration(zero=False))
 _ZERO_DISABLES: Final = _scalar(_duration(zero=True))
 _SIZE: Final = _scalar(_size)
 _BOOLEAN: Final = _scalar(_boolean)
+
+
+def _list_of(section: _Section, *, what: str) -> _Field:
+    """A list of mappings, each read by ``section``."""
+
+    def read(reader: _Reader, node: Node, key: str) -> Any:
+        if not isinstance(node, SequenceNode):
+            reader.report(node, key, f"expected a list of {what}, got {_node_kind(node)}")
+            return _INVALID
+        items = [section(reader, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        return _INVALID if any(item is _INVALID for item in items) else tuple(items)
+
+    return read
+
+
+_CLUSTER_NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUANTITY: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+
+
+def _cluster_name(value: object) -> str:
+    name = _text(value, "a cluster name")
+    if not _CLUSTER_NAME.fullmatch(name):
+        raise ValueError(f"invalid cluster name {name!r} (lower-case letters, digits and '-')")
+    return name
+
+
+def _header_name(value: object) -> str | None:
+    if value is None:
+        return None
+    name = _text(value, "a header name")
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    return name
+
+
+def _quantity(value: object) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    quantity = _text(text, "a Kubernetes quantity (e.g. 500m, 256Mi)")
+    if not _QUANTITY.fullmatch(quantity):
+        raise ValueError(f"invalid quantity {quantity!r} (use e.g. 500m, 1, 256Mi, 1Gi)")
+    return quantity
+
+
+def _word(value: object) -> str:
+    text = _text(value)
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError(f"invalid value {text!r} (no spaces)")
+    return text
+
+
+def _plain(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number 1..65535, got {_describe(value)}")
+    return value
+
+
+def _url(value: object) -> str:
+    text = _text(value, "a URL")
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"invalid URL {text!r} (use https://host[:port])")
+    return text.rstrip("/")
+
+
+def _finish_cluster(
+    reader: _Reader,
+    cluster: KubernetesClusterConfig,
+    nodes: Mapping[str, Node],
+    key: str,
+    node: Node | None,
+) -> Any:
+    if "name" not in nodes:
+        reader.report(node, _join(key, "name"), "is required")
+        return _INVALID
+    if (cluster.kubeconfig is None) == (not cluster.in_cluster):
+        reader.report(
+            node, key, "set either kubeconfig (a file) or in_cluster: true, exactly one of them"
+        )
+        return _INVALID
+    if cluster.in_cluster and cluster.context is not None:
+        reader.report(nodes["context"], _join(key, "context"), "only goes with kubeconfig")
+    return cluster
+
+
+def _finish_identity(
+    reader: _Reader,
+    identity: KubernetesIdentityConfig,
+    nodes: Mapping[str, Node],
+    key: str,
+    node: Node | None,
+) -> KubernetesIdentityConfig:
+    if identity.user_header is not None and not identity.trusted_proxies:
+        reader.report(
+            nodes["user_header"],
+            _join(key, "trusted_proxies"),
+            "is required with user_header: the header is only believed from these networks",
+        )
+    if identity.groups_header is not None and identity.user_header is None:
+        reader.report(
+            nodes["groups_header"], _join(key, "groups_header"), "only goes with user_header"
+        )
+    if identity.jwt_keys_file is None:
+        return identity
+    for name in ("jwt_issuer", "jwt_audience"):
+        if getattr(identity, name) is None:
+            reader.report(
+                nodes["jwt_keys_file"], _join(key, name), "is required with jwt_keys_file"
+            )
+    return identity
+
+
+def _finish_provision(
+    reader: _Reader,
+    provision: KubernetesProvisionConfig,
+    nodes: Mapping[str, Node],
+    key: str,
+    node: Node | None,
+) -> KubernetesProvisionConfig:
+    if provision.heartbeat_timeout > provision.expiry:
+        reader.report(
+            nodes.get("heartbeat_timeout", node),
+            _join(key, "heartbeat_timeout"),
+            "must not be longer than expiry",
+        )
+    return provision
+
+
+def _finish_config(
+    reader: _Reader, config: Config, nodes: Mapping[str, Node], key: str, node: Node | None
+) -> Config:
+    kinds = {route.kind for route in config.routes}
+    kube = config.kubernetes
+    names = [cluster.name for cluster in kube.clusters]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        reader.report(nodes.get("kubernetes"), "kubernetes.clusters", f"duplicate name {name!r}")
+    if not kinds & {"kubernetes", "kubernetes-provision"}:
+        return config
+    where = nodes.get("routes")
+    if not kube.clusters:
+        reader.report(where, "kubernetes.clusters", "Kubernetes routes need at least one cluster")
+    identity = kube.identity
+    if identity.user_header is None and identity.jwt_keys_file is None:
+        reader.report(
+            where,
+            "kubernetes.identity",
+            "Kubernetes routes need a trusted identity: set user_header (with trusted_proxies) "
+            "or jwt_keys_file",
+        )
+    if "kubernetes-provision" in kinds:
+        provision = kube.provision
+        if provision.image is None:
+            reader.report(where, "kubernetes.provision.image", "is required by provision routes")
+        poll = config.authorization.poll_interval * (1 + config.authorization.poll_jitter)
+        if not 0 < poll <= provision.heartbeat_timeout / 2:
+            reader.report(
+                nodes.get("authorization", where),
+                "authorization.poll_interval",
+                "provisioned terminals heartbeat on every re-poll: it must be on and at most "
+                "half of kubernetes.provision.heartbeat_timeout (jitter included)",
+            )
+    return config
+
+
+_KUBERNETES: Final = _Section(
+    KubernetesConfig,
+    {
+        "clusters": _list_of(
+            _Section(
+                KubernetesClusterConfig,
+                {
+                    "name": _scalar(_cluster_name),
+                    "kubeconfig": _scalar(_optional_text),
+                    "context": _scalar(_optional_text),
+                    "in_cluster": _scalar(_boolean),
+                },
+                _finish_cluster,
+            ),
+            what="clusters",
+        ),
+        "identity": _Section(
+            KubernetesIdentityConfig,
+            {
+                "user_header": _scalar(_header_name),
+                "groups_header": _scalar(_header_name),
+                "trusted_proxies": _list(_parse_network, what="IP networks"),
+                "jwt_keys_file": _scalar(_optional_text),
+                "jwt_algorithms": _list(
+                    _choice("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"),
+                    what="JWT algorithms",
+                ),
+                "jwt_issuer": _scalar(_optional_text),
+                "jwt_audience": _scalar(_optional_text),
+                "jwt_cookie": _scalar(_header_name),
+                "jwt_leeway": _scalar(_duration(zero=True)),
+                "username_claim": _scalar(_word),
+                "groups_claim": _scalar(_word),
+                "username_prefix": _scalar(_plain),
+                "groups_prefix": _scalar(_plain),
+            },
+            _finish_identity,
+        ),
+        "command": _list(_text, what="strings"),
+        "max_session_time": _scalar(_duration(zero=True)),
+        "provision": _Section(
+            KubernetesProvisionConfig,
+            {
+                "role_kind": _scalar(_choice("ClusterRole", "Role")),
+                "role_name": _scalar(_word),
+                "image": _scalar(lambda v: None if v is None else _word(v)),
+                "image_pull_policy": _scalar(_choice("Always", "IfNotPresent", "Never")),
+                "command": _list(_text, what="strings"),
+                "shell": _list(_text, what="strings"),
+                "run_as_user": _scalar(_integer(minimum=1)),
+                "cpu_request": _scalar(_quantity),
+                "cpu_limit": _scalar(_quantity),
+                "memory_request": _scalar(_quantity),
+                "memory_limit": _scalar(_quantity),
+                "api_server_url": _scalar(_url),
+                "api_server_cidrs": _list(_parse_network, what="IP networks"),
+                "api_server_ports": _list(_port, what="ports"),
+                "heartbeat_timeout": _POSITIVE,
+                "expiry": _POSITIVE,
+                "cleanup_interval": _POSITIVE,
+                "ready_timeout": _POSITIVE,
+            },
+            _finish_provision,
+        ),
+    },
+)
 
 _CONFIG: Final = _Section(
     Config,
@@ -1228,5 +1591,7 @@ _CONFIG: Final = _Section(
         ),
         "metrics": _Section(MetricsConfig, {"listen": _scalar(_optional_listen)}),
         "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
+        "kubernetes": _KUBERNETES,
     },
+    _finish_config,
 )

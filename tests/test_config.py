@@ -19,6 +19,7 @@ from terminal_proxy.config import (
     Config,
     ConfigError,
     HostPattern,
+    KubernetesClusterConfig,
     ListenAddress,
     Problem,
     RouteConfig,
@@ -121,6 +122,40 @@ DEFAULTS = [
     ("metrics.listen", None),
     ("audit.enabled", False),
     ("audit.file", None),
+    ("kubernetes.clusters", ()),
+    ("kubernetes.identity.user_header", None),
+    ("kubernetes.identity.groups_header", None),
+    ("kubernetes.identity.trusted_proxies", ()),
+    ("kubernetes.identity.jwt_keys_file", None),
+    ("kubernetes.identity.jwt_algorithms", ("RS256", "ES256")),
+    ("kubernetes.identity.jwt_issuer", None),
+    ("kubernetes.identity.jwt_audience", None),
+    ("kubernetes.identity.jwt_cookie", None),
+    ("kubernetes.identity.jwt_leeway", 30.0),
+    ("kubernetes.identity.username_claim", "sub"),
+    ("kubernetes.identity.groups_claim", "groups"),
+    ("kubernetes.identity.username_prefix", ""),
+    ("kubernetes.identity.groups_prefix", ""),
+    ("kubernetes.command", ("sh",)),
+    ("kubernetes.max_session_time", 0.0),
+    ("kubernetes.provision.role_kind", "ClusterRole"),
+    ("kubernetes.provision.role_name", "view"),
+    ("kubernetes.provision.image", None),
+    ("kubernetes.provision.image_pull_policy", "IfNotPresent"),
+    ("kubernetes.provision.command", ("sleep", "infinity")),
+    ("kubernetes.provision.shell", ("sh",)),
+    ("kubernetes.provision.run_as_user", 1000),
+    ("kubernetes.provision.cpu_request", "100m"),
+    ("kubernetes.provision.cpu_limit", "500m"),
+    ("kubernetes.provision.memory_request", "64Mi"),
+    ("kubernetes.provision.memory_limit", "256Mi"),
+    ("kubernetes.provision.api_server_url", "https://kubernetes.default.svc"),
+    ("kubernetes.provision.api_server_cidrs", ()),
+    ("kubernetes.provision.api_server_ports", (443, 6443)),
+    ("kubernetes.provision.heartbeat_timeout", 300.0),
+    ("kubernetes.provision.expiry", 1800.0),
+    ("kubernetes.provision.cleanup_interval", 60.0),
+    ("kubernetes.provision.ready_timeout", 120.0),
 ]
 
 
@@ -200,6 +235,45 @@ metrics:
 audit:
   enabled: true
   file: /var/log/terminal-proxy/audit.jsonl
+kubernetes:
+  clusters:
+    - {name: dev, kubeconfig: /etc/tp/dev.kubeconfig, context: admin}
+    - {name: here, in_cluster: true}
+  identity:
+    user_header: X-Forwarded-User
+    groups_header: X-Forwarded-Groups
+    trusted_proxies: [10.1.0.0/16]
+    jwt_keys_file: /etc/tp/keys.pem
+    jwt_algorithms: [ES256]
+    jwt_issuer: https://idp.example.com
+    jwt_audience: terminal-proxy
+    jwt_cookie: tp_token
+    jwt_leeway: 5s
+    username_claim: email
+    groups_claim: roles
+    username_prefix: "oidc:"
+    groups_prefix: "oidc:"
+  command: [bash, -l]
+  max_session_time: 2h
+  provision:
+    role_kind: Role
+    role_name: terminal
+    image: registry.example/tools:1
+    image_pull_policy: Always
+    command: [sleep, "3600"]
+    shell: [bash]
+    run_as_user: 2000
+    cpu_request: 50m
+    cpu_limit: 1
+    memory_request: 32Mi
+    memory_limit: 1Gi
+    api_server_url: https://10.0.0.1:443/
+    api_server_cidrs: [10.0.0.1/32]
+    api_server_ports: [443]
+    heartbeat_timeout: 2m
+    expiry: 1h
+    cleanup_interval: 30s
+    ready_timeout: 1m
 """
 
 EVERY_KEY = [
@@ -257,6 +331,46 @@ EVERY_KEY = [
     ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
     ("audit.enabled", True),
     ("audit.file", "/var/log/terminal-proxy/audit.jsonl"),
+    (
+        "kubernetes.clusters",
+        (
+            KubernetesClusterConfig("dev", "/etc/tp/dev.kubeconfig", "admin"),
+            KubernetesClusterConfig("here", in_cluster=True),
+        ),
+    ),
+    ("kubernetes.identity.user_header", "X-Forwarded-User"),
+    ("kubernetes.identity.groups_header", "X-Forwarded-Groups"),
+    ("kubernetes.identity.trusted_proxies", (ipaddress.ip_network("10.1.0.0/16"),)),
+    ("kubernetes.identity.jwt_keys_file", "/etc/tp/keys.pem"),
+    ("kubernetes.identity.jwt_algorithms", ("ES256",)),
+    ("kubernetes.identity.jwt_issuer", "https://idp.example.com"),
+    ("kubernetes.identity.jwt_audience", "terminal-proxy"),
+    ("kubernetes.identity.jwt_cookie", "tp_token"),
+    ("kubernetes.identity.jwt_leeway", 5.0),
+    ("kubernetes.identity.username_claim", "email"),
+    ("kubernetes.identity.groups_claim", "roles"),
+    ("kubernetes.identity.username_prefix", "oidc:"),
+    ("kubernetes.identity.groups_prefix", "oidc:"),
+    ("kubernetes.command", ("bash", "-l")),
+    ("kubernetes.max_session_time", 7200.0),
+    ("kubernetes.provision.role_kind", "Role"),
+    ("kubernetes.provision.role_name", "terminal"),
+    ("kubernetes.provision.image", "registry.example/tools:1"),
+    ("kubernetes.provision.image_pull_policy", "Always"),
+    ("kubernetes.provision.command", ("sleep", "3600")),
+    ("kubernetes.provision.shell", ("bash",)),
+    ("kubernetes.provision.run_as_user", 2000),
+    ("kubernetes.provision.cpu_request", "50m"),
+    ("kubernetes.provision.cpu_limit", "1"),
+    ("kubernetes.provision.memory_request", "32Mi"),
+    ("kubernetes.provision.memory_limit", "1Gi"),
+    ("kubernetes.provision.api_server_url", "https://10.0.0.1:443"),
+    ("kubernetes.provision.api_server_cidrs", (ipaddress.ip_network("10.0.0.1/32"),)),
+    ("kubernetes.provision.api_server_ports", (443,)),
+    ("kubernetes.provision.heartbeat_timeout", 120.0),
+    ("kubernetes.provision.expiry", 3600.0),
+    ("kubernetes.provision.cleanup_interval", 30.0),
+    ("kubernetes.provision.ready_timeout", 60.0),
 ]
 
 
@@ -488,7 +602,7 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging, limits, tls, metrics, audit)",
+        "upstream, browser, session, logging, limits, tls, metrics, audit, kubernetes)",
     ]
 
 

@@ -29,6 +29,9 @@ class BrowserRequest:
     client_ip: str = ""
     # Value for the upstream's X-Forwarded-For.
     forwarded_for: str = ""
+    # The TCP peer itself (a proxy, or the browser), before any X-Forwarded-For: what
+    # decides whether identity headers set by an authenticating proxy are believed.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,526 @@
+"""Provisioned terminals: a fresh, least-privilege terminal pod per user and namespace.
+
+For ``kind: kubernetes-provision`` routes (``/k8s-terminal/<cluster>/<namespace>/terminal.ws``):
+
+1. the user is identified and a SubjectAccessReview checks they may ``create pods/exec`` in
+   the namespace (what they could do with the terminal they are given);
+2. their live terminal in that namespace is reused (a reload reconnects), or a new one is
+   created: ServiceAccount (the parent, holding the state), RoleBinding to the configured
+   role, TokenRequest, kubeconfig Secret, NetworkPolicy, Pod (see ``manifests``); any
+   failure on the way deletes what was created and reaches the browser as a status with
+   a reason (403 no permission, 429 quota exceeded, 502 image cannot be pulled, 504 not
+   ready in time);
+3. the grant execs into the pod with the gateway's credentials impersonating the user, and
+   ends at the terminal's expiry (4004);
+4. every re-poll re-runs the review and writes the heartbeat annotation on the parent; a
+   cleanup loop deletes terminals whose heartbeat is older than ``heartbeat_timeout`` or
+   whose expiry has passed. All state lives in the cluster, so a restarted gateway (or
+   another replica) cleans up what an earlier one created; deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import watch as k8s_watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..authorization import BrowserRequest, Grant, PassBack
+from ..authorization.kubernetes import (
+    API_TIMEOUT,
+    AccessCheck,
+    Cluster,
+    ClusterError,
+    Identity,
+    IdentityVerifier,
+    impersonation_headers,
+    match_route,
+    passback,
+    review,
+    status_message,
+)
+from ..channel import ConnectionDetails
+from ..config import Config, IPNetwork, KubernetesProvisionConfig
+from ..errors import AuthorizationUnavailable
+from ..tasks import cancel_and_wait, spawn
+from .manifests import (
+    ANNOTATION_EXPIRES,
+    ANNOTATION_HEARTBEAT,
+    ANNOTATION_USER,
+    CONTAINER,
+    LABEL_USER,
+    MANAGED_SELECTOR,
+    SessionObjects,
+    user_label,
+)
+
+__all__ = ["ProvisionAuthorizer", "ProvisionFailed", "Terminal"]
+
+log = logging.getLogger("terminal_proxy.provision")
+
+_NAMES = {
+    "url": "terminal pod",
+    "subprotocols": "subprotocols",
+    "headers": "headers",
+    "ca_pem": "cluster certificate-authority",
+    "max_session_time": "kubernetes.provision.expiry",
+}
+# Waiting reasons that mean the pod will not start by itself.
+_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
+_START_FAILURES = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"}
+)
+
+
+def wall_clock() -> float:
+    """Unix seconds: what heartbeat and expiry annotations hold."""
+    return time.time()
+
+
+class ProvisionFailed(Exception):
+    """Provisioning failed; ``answer`` is what the browser gets."""
+
+    def __init__(self, answer: PassBack, detail: str) -> None:
+        super().__init__(detail)
+        self.answer = answer
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    """A provisioned terminal: its parent's name and when it expires."""
+
+    cluster: str
+    namespace: str
+    name: str
+    user: str
+    expires_at: float
+
+
+def _annotation(obj: Any, key: str) -> str:
+    annotations = obj.metadata.annotations or {}
+    return str(annotations.get(key, ""))
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+class ProvisionAuthorizer:
+    """``kind: kubernetes-provision`` routes; owns one cleanup loop per cluster."""
+
+    def __init__(self, config: Config, clusters: Mapping[str, Cluster]) -> None:
+        self._config: KubernetesProvisionConfig = config.kubernetes.provision
+        self._routes = config.routes
+        self._clusters = clusters
+        self._identity = IdentityVerifier(config.kubernetes.identity)
+        self._tasks: list[asyncio.Task[None]] = []
+        # Wall clock (annotations hold Unix seconds); tests move it.
+        self.clock: Callable[[], float] = lambda: wall_clock()
+        # Serialises provisioning per (cluster, namespace, user): two tabs opened at once
+        # get one terminal.
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for cluster in self._clusters.values():
+            self._tasks.append(
+                spawn(self._cleanup_loop(cluster), name=f"provision-cleanup-{cluster.name}")
+            )
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self._tasks)
+        self._tasks.clear()
+
+    async def _cleanup_loop(self, cluster: Cluster) -> None:
+        while True:
+            try:
+                await self.sweep(cluster)
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("cluster %s: terminal cleanup failed: %s", cluster.name, _why(exc))
+            await asyncio.sleep(self._config.cleanup_interval)
+
+    async def sweep(self, cluster: Cluster) -> list[str]:
+        """Delete every terminal past its expiry or without a recent heartbeat; returns
+        ``namespace/name`` of those deleted. Safe to run on several replicas at once."""
+        core = k8s.CoreV1Api(cluster.api)
+        listed = await core.list_service_account_for_all_namespaces(
+            label_selector=MANAGED_SELECTOR, _request_timeout=API_TIMEOUT
+        )
+        now = self.clock()
+        deleted = []
+        for parent in listed.items:
+            heartbeat = _number(_annotation(parent, ANNOTATION_HEARTBEAT))
+            expires = _number(_annotation(parent, ANNOTATION_EXPIRES))
+            if now >= expires:
+                why = "expired"
+            elif now - heartbeat > self._config.heartbeat_timeout:
+                why = f"no heartbeat for {now - heartbeat:.0f}s"
+            else:
+                continue
+            namespace, name = parent.metadata.namespace, parent.metadata.name
+            await _delete_parent(core, namespace, name)
+            log.info("cluster %s: deleted terminal %s/%s (%s)", cluster.name, namespace, name, why)
+            deleted.append(f"{namespace}/{name}")
+        return deleted
+
+    # Authorizer ---------------------------------------------------------------------------
+
+    async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
+        target = self._target(request)
+        if isinstance(target, PassBack):
+            return target
+        cluster, identity, namespace = target
+        denied = await review(cluster, identity, [_exec_check(namespace)])
+        if denied is not None:
+            return denied
+        key = (cluster.name, namespace, identity.user)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                terminal = await self._find(cluster, namespace, identity.user)
+                if terminal is None:
+                    terminal = await self._provision(cluster, namespace, identity.user)
+        except ProvisionFailed as exc:
+            log.warning(
+                "cluster %s: provisioning for %s failed: %s",
+                cluster.name,
+                identity.user,
+                exc.detail,
+            )
+            return exc.answer
+        try:
+            bearer = await cluster.bearer()
+        except ClusterError as exc:
+            raise AuthorizationUnavailable(str(exc)) from exc
+        url = cluster.stream_url("exec", namespace, terminal.name, CONTAINER, self._config.shell)
+        details = ConnectionDetails.build(
+            url=url,
+            subprotocols=["channel.k8s.io"],
+            headers=impersonation_headers(bearer, identity),
+            ca_pem=cluster.ca_pem,
+            max_session_time=max(1.0, terminal.expires_at - self.clock()),
+            names=_NAMES,
+        )
+        return Grant(details, user=identity.user, groups=identity.groups)
+
+    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
+        target = self._target(request)
+        if isinstance(target, PassBack):
+            return target
+        cluster, identity, namespace = target
+        if identity.user != grant.user or identity.groups != grant.groups:
+            return passback(403, "the user identity changed")
+        denied = await review(cluster, identity, [_exec_check(namespace)])
+        if denied is not None:
+            return denied
+        pod = grant.details.target.pod
+        assert pod is not None
+        if not await self.heartbeat(cluster, namespace, pod):
+            return passback(410, "the terminal was removed (expired or cleaned up)")
+        return grant
+
+    async def heartbeat(self, cluster: Cluster, namespace: str, name: str) -> bool:
+        """Write the heartbeat annotation; False if the terminal is gone."""
+        core = k8s.CoreV1Api(cluster.api)
+        patch = {"metadata": {"annotations": {ANNOTATION_HEARTBEAT: str(int(self.clock()))}}}
+        try:
+            await core.patch_namespaced_service_account(
+                name, namespace, patch, _request_timeout=API_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise AuthorizationUnavailable(
+                f"cluster {cluster.name} refused the terminal's heartbeat: HTTP {exc.status}",
+                detail=f"heartbeat of {namespace}/{name}: {status_message(exc)}",
+            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise AuthorizationUnavailable(
+                f"cluster {cluster.name} is unreachable", detail=f"heartbeat: {_why(exc)}"
+            ) from exc
+        return True
+
+    async def aclose_terminal(self, cluster: Cluster, namespace: str, name: str) -> None:
+        await _delete_parent(k8s.CoreV1Api(cluster.api), namespace, name)
+
+    def _target(self, request: BrowserRequest) -> tuple[Cluster, Identity, str] | PassBack:
+        found = match_route(self._routes, request.path)
+        if found is None or found[0].kind != "kubernetes-provision":
+            return passback(404, "not a provisioned-terminal route")
+        groups = found[1].groupdict()
+        cluster = self._clusters.get(groups["cluster"])
+        if cluster is None:
+            return passback(404, f"no cluster named {groups['cluster']!r} is configured")
+        identity = self._identity.identify(request)
+        if isinstance(identity, PassBack):
+            return identity
+        return cluster, identity, groups["namespace"]
+
+    # Provisioning -------------------------------------------------------------------------
+
+    async def _find(self, cluster: Cluster, namespace: str, user: str) -> Terminal | None:
+        """The user's live terminal in ``namespace`` (a reconnect), if there is one."""
+        core = k8s.CoreV1Api(cluster.api)
+        try:
+            listed = await core.list_namespaced_service_account(
+                namespace,
+                label_selector=f"{MANAGED_SELECTOR},{LABEL_USER}={user_label(user)}",
+                _request_timeout=API_TIMEOUT,
+            )
+        except ApiException as exc:
+            raise self._failure(cluster, namespace, exc, "list serviceaccounts") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(cluster, exc) from exc
+        now = self.clock()
+        for parent in listed.items:
+            expires = _number(_annotation(parent, ANNOTATION_EXPIRES))
+            if _annotation(parent, ANNOTATION_USER) != user or expires - now < 60:
+                continue
+            name = parent.metadata.name
+            try:
+                pod = await core.read_namespaced_pod(name, namespace, _request_timeout=API_TIMEOUT)
+            except ApiException:
+                continue
+            if _ready(pod):
+                return Terminal(cluster.name, namespace, name, user, expires)
+        return None
+
+    async def _provision(self, cluster: Cluster, namespace: str, user: str) -> Terminal:
+        objects = SessionObjects(
+            self._config,
+            secrets.token_hex(5),
+            namespace,
+            user,
+            self.clock(),
+            api_server_cidrs=self._api_cidrs(cluster),
+        )
+        core = k8s.CoreV1Api(cluster.api)
+        rbac = k8s.RbacAuthorizationV1Api(cluster.api)
+        net = k8s.NetworkingV1Api(cluster.api)
+        created = False
+        name = objects.name
+        timeout = API_TIMEOUT
+        step = "create serviceaccounts"
+        try:
+            parent = await core.create_namespaced_service_account(
+                namespace, objects.parent(), _request_timeout=timeout
+            )
+            created = True
+            owner = objects.owner(parent.metadata.uid)
+            step = "create rolebindings"
+            await rbac.create_namespaced_role_binding(
+                namespace, objects.role_binding(owner), _request_timeout=timeout
+            )
+            step = "create serviceaccounts/token"
+            token = await core.create_namespaced_service_account_token(
+                name, namespace, objects.token_request(), _request_timeout=timeout
+            )
+            step = "create secrets"
+            secret = objects.kubeconfig_secret(owner, token.status.token, cluster.ca_pem)
+            await core.create_namespaced_secret(namespace, secret, _request_timeout=timeout)
+            step = "create networkpolicies"
+            await net.create_namespaced_network_policy(
+                namespace, objects.network_policy(owner), _request_timeout=timeout
+            )
+            step = "create pods"
+            await core.create_namespaced_pod(
+                namespace, objects.pod(owner), _request_timeout=timeout
+            )
+            step = "wait for the pod"
+            await self._wait_ready(cluster, core, namespace, name)
+        except BaseException as exc:
+            if created:
+                await _rollback(core, rbac, net, namespace, name)
+            if isinstance(exc, ApiException):
+                raise self._failure(cluster, namespace, exc, step) from exc
+            if isinstance(exc, aiohttp.ClientError | OSError) or (
+                isinstance(exc, TimeoutError) and step != "wait for the pod"
+            ):
+                raise _unreachable(cluster, exc) from exc
+            raise
+        log.info(
+            "cluster %s: provisioned terminal %s/%s for %s", cluster.name, namespace, name, user
+        )
+        return Terminal(cluster.name, namespace, name, user, objects.expires_at)
+
+    async def _wait_ready(self, cluster: Cluster, core: Any, namespace: str, name: str) -> None:
+        ready_timeout = self._config.ready_timeout
+        watcher = k8s_watch.Watch()
+        try:
+            async with asyncio.timeout(ready_timeout):
+                while True:
+                    async with watcher.stream(
+                        core.list_namespaced_pod,
+                        namespace,
+                        field_selector=f"metadata.name={name}",
+                        timeout_seconds=max(1, int(ready_timeout)),
+                    ) as stream:
+                        async for event in stream:
+                            pod = event["raw_object"]
+                            if event["type"] == "DELETED":
+                                raise ProvisionFailed(
+                                    passback(502, "the terminal pod was deleted while starting"),
+                                    f"pod {namespace}/{name} deleted while starting",
+                                )
+                            _check_started(pod, namespace, name)
+                            if _ready_raw(pod):
+                                return
+        except TimeoutError:
+            raise ProvisionFailed(
+                passback(
+                    504,
+                    f"the terminal pod was not ready within {ready_timeout:g}s "
+                    "(kubernetes.provision.ready_timeout)",
+                ),
+                f"pod {namespace}/{name} not ready within {ready_timeout:g}s",
+            ) from None
+        finally:
+            watcher.stop()
+
+    def _api_cidrs(self, cluster: Cluster) -> tuple[IPNetwork, ...]:
+        if self._config.api_server_cidrs:
+            return self._config.api_server_cidrs
+        import ipaddress
+
+        host = cluster.server.host or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return ()
+        return (ipaddress.ip_network(f"{address}/{address.max_prefixlen}"),)
+
+    def _failure(
+        self, cluster: Cluster, namespace: str, exc: ApiException, step: str
+    ) -> ProvisionFailed:
+        message = status_message(exc)
+        detail = f"{step} in {namespace} answered {exc.status}: {message}"
+        if exc.status == 403 and "exceeded quota" in message:
+            return ProvisionFailed(
+                passback(429, f"namespace {namespace} is over its resource quota: {message}"),
+                detail,
+            )
+        if exc.status in (401, 403):
+            return ProvisionFailed(
+                passback(
+                    502,
+                    f"the gateway may not {step} in namespace {namespace} of cluster "
+                    f"{cluster.name} (check its RBAC): {message}",
+                ),
+                detail,
+            )
+        if exc.status == 404 and step == "create serviceaccounts":
+            return ProvisionFailed(
+                passback(404, f"namespace {namespace} not found in cluster {cluster.name}"), detail
+            )
+        return ProvisionFailed(
+            passback(
+                502, f"cluster {cluster.name} refused to {step}: HTTP {exc.status}: {message}"
+            ),
+            detail,
+        )
+
+
+def _exec_check(namespace: str) -> AccessCheck:
+    return AccessCheck("create", "pods", namespace, subresource="exec")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status}: {status_message(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _unreachable(cluster: Cluster, exc: BaseException) -> ProvisionFailed:
+    return ProvisionFailed(
+        passback(502, f"cluster {cluster.name} is unreachable"), f"cluster unreachable: {_why(exc)}"
+    )
+
+
+def _ready(pod: Any) -> bool:
+    statuses = (pod.status and pod.status.container_statuses) or []
+    return bool(
+        pod.status and pod.status.phase == "Running" and statuses and all(s.ready for s in statuses)
+    )
+
+
+def _ready_raw(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and bool(statuses)
+        and all(s.get("ready") for s in statuses)
+    )
+
+
+def _check_started(pod: dict[str, Any], namespace: str, name: str) -> None:
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Failed", "Succeeded"):
+        raise ProvisionFailed(
+            passback(502, f"the terminal pod ended while starting ({status.get('phase')})"),
+            f"pod {namespace}/{name} phase {status.get('phase')}",
+        )
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        message = str(waiting.get("message", ""))[:300]
+        if reason in _PULL_FAILURES:
+            raise ProvisionFailed(
+                passback(
+                    502,
+                    f"the terminal image {container.get('image', '')!r} cannot be pulled: "
+                    f"{reason}: {message}",
+                ),
+                f"pod {namespace}/{name}: {reason}: {message}",
+            )
+        if reason in _START_FAILURES:
+            raise ProvisionFailed(
+                passback(502, f"the terminal container cannot start: {reason}: {message}"),
+                f"pod {namespace}/{name}: {reason}: {message}",
+            )
+
+
+async def _delete_parent(core: Any, namespace: str, name: str) -> None:
+    """Delete the parent; the garbage collector removes what it owns. 404 is success."""
+    try:
+        await core.delete_namespaced_service_account(
+            name, namespace, propagation_policy="Background", _request_timeout=API_TIMEOUT
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+async def _rollback(core: Any, rbac: Any, net: Any, namespace: str, name: str) -> None:
+    """Remove a half-created terminal: the children at once (not waiting for the garbage
+    collector), then the parent. Best effort; the cleanup loop catches what is left."""
+    deletes = [
+        (core.delete_namespaced_pod, "pods"),
+        (net.delete_namespaced_network_policy, "networkpolicies"),
+        (core.delete_namespaced_secret, "secrets"),
+        (rbac.delete_namespaced_role_binding, "rolebindings"),
+        (core.delete_namespaced_service_account, "serviceaccounts"),
+    ]
+    for delete, kind in deletes:
+        try:
+            await delete(name, namespace, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning(
+                    "rollback: deleting %s %s/%s failed: %s", kind, namespace, name, _why(exc)
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("rollback: deleting %s %s/%s failed: %s", kind, namespace, name, _why(exc))

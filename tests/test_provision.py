@@ -1,0 +1,350 @@
+"""Provisioned terminals against the fake cluster: exactly the expected objects with least
+privilege, reuse on reconnect, heartbeat and silence, expiry, a restarted gateway still
+cleaning up, rollback of half-created terminals, and clear errors before the upgrade."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+import terminal_proxy.provision as provision_module
+from terminal_proxy.app import GATEWAY
+from terminal_proxy.authorization.routing import RoutingAuthorizer
+from terminal_proxy.provision import ProvisionAuthorizer
+from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
+from tests.kubesetup import (
+    GATEWAY_USER,
+    TERMINAL_VIEW,
+    USER_HEADER,
+    ClusterKube,
+    gateway_rbac,
+    kube_config,
+    start_gateway,
+)
+from tests.logcapture import remember_secret
+from tests.termclient import open_term, raw_handshake
+
+PATH = "/k8s-terminal/dev/team-a/terminal.ws"
+IMAGE = "registry.example/tools:1"
+KINDS = ("serviceaccounts", "rolebindings", "secrets", "networkpolicies", "pods")
+ROUTES = [{"name": "provision", "kind": "kubernetes-provision"}]
+PROVISION = {
+    "image": IMAGE,
+    "role_name": TERMINAL_VIEW,
+    "api_server_cidrs": ["10.0.0.1/32"],
+    "heartbeat_timeout": "5m",
+    "expiry": "30m",
+    "cleanup_interval": "1h",
+    "ready_timeout": "5s",
+}
+
+
+@pytest.fixture
+def rbac() -> FakeRbac:
+    rbac = FakeRbac()
+    gateway_rbac(rbac, provision=True)
+    rbac.allow("alice", ["create"], ["pods/exec"], namespaces=["team-a"])
+    rbac.cluster_roles[TERMINAL_VIEW] = [
+        Rule(frozenset({"get", "list", "watch"}), frozenset({"pods", "configmaps"}))
+    ]
+    return rbac
+
+
+@pytest.fixture
+def fake(rbac: FakeRbac) -> FakeCluster:
+    return FakeCluster(rbac, pull_failing_images={"registry.example/missing:1"})
+
+
+@pytest.fixture
+async def ckube(fake: FakeCluster) -> AsyncIterator[ClusterKube]:
+    async with ClusterKube(fake) as server:
+        yield server
+
+
+def _config(
+    ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
+) -> Any:
+    kubernetes = {
+        "clusters": [{"name": "dev", "kubeconfig": str(tmp_path / "kubeconfig")}],
+        "identity": {"user_header": USER_HEADER, "trusted_proxies": ["127.0.0.1/32"]},
+        "provision": {**PROVISION, **(provision or {})},
+    }
+    return kube_config(
+        ckube, ckube.token, tmp_path, {"kubernetes": kubernetes, **extra}, routes=ROUTES
+    )
+
+
+@contextlib.asynccontextmanager
+async def _gateway(
+    ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
+) -> AsyncIterator[TestServer]:
+    async with start_gateway(_config(ckube, tmp_path, provision, **extra)) as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(ckube: ClusterKube, tmp_path: Path) -> AsyncIterator[TestServer]:
+    async with _gateway(ckube, tmp_path) as server:
+        yield server
+
+
+def provisioner(server: TestServer) -> ProvisionAuthorizer:
+    routing = server.app[GATEWAY].authorizer
+    assert isinstance(routing, RoutingAuthorizer)
+    found = routing.authorizer_for_kind("kubernetes-provision")
+    assert isinstance(found, ProvisionAuthorizer)
+    return found
+
+
+def _objects(fake: FakeCluster) -> dict[str, list[dict[str, Any]]]:
+    return {kind: fake.named(kind, "team-a") for kind in KINDS}
+
+
+async def test_provisions_exactly_the_expected_objects(
+    gateway: TestServer, ckube: ClusterKube, fake: FakeCluster, browser: aiohttp.ClientSession
+) -> None:
+    term = await open_term(
+        browser, str(gateway.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
+    )
+    session = await ckube.next_session()
+    objects = _objects(fake)
+    assert {kind: len(items) for kind, items in objects.items()} == dict.fromkeys(KINDS, 1)
+    parent = objects["serviceaccounts"][0]
+    name = parent["metadata"]["name"]
+    # The terminal is exec'd into as alice (impersonated), in the provisioned pod.
+    assert (session.user, session.pod, session.container, session.command) == (
+        "alice",
+        name,
+        "terminal",
+        ["sh"],
+    )
+    assert parent["automountServiceAccountToken"] is False
+    assert parent["metadata"]["annotations"]["terminal-proxy.dev/user"] == "alice"
+    # Everything else is owned by the parent: one delete removes the session.
+    for kind in KINDS[1:]:
+        (obj,) = objects[kind]
+        assert obj["metadata"]["name"] == name
+        assert obj["metadata"]["labels"] == parent["metadata"]["labels"]
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "ServiceAccount",
+            name,
+            parent["metadata"]["uid"],
+        )
+    binding = objects["rolebindings"][0]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": TERMINAL_VIEW,
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "team-a"}]
+    pod = objects["pods"][0]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True
+        and pod["securityContext"]["runAsUser"] == 1000
+    )
+    (container,) = pod["containers"]
+    assert container["image"] == IMAGE
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "64Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    }
+    assert pod["volumes"][0]["secret"]["secretName"] == name
+    policy = objects["networkpolicies"][0]["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["ingress"] == []
+    assert [rule["to"] for rule in policy["egress"]] == [
+        [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+    ]
+    # The kubeconfig's token is the terminal's own service account, with least privilege.
+    kubeconfig = json.loads(objects["secrets"][0]["stringData"]["kubeconfig"])
+    token = kubeconfig["users"][0]["user"]["token"]
+    remember_secret(token)
+    sa_user = f"system:serviceaccount:team-a:{name}"
+    assert fake.minted[token] == sa_user
+    groups = ["system:serviceaccounts", "system:authenticated"]
+    assert fake.allowed(sa_user, groups, "list", "", "pods", "team-a")
+    assert not fake.allowed(sa_user, groups, "delete", "", "pods", "team-a")
+    assert not fake.allowed(sa_user, groups, "list", "", "pods", "other")
+    assert not fake.allowed(sa_user, groups, "get", "", "secrets", "team-a")
+    await term.ws.close()
+
+
+async def test_reconnect_reuses_the_terminal(
+    gateway: TestServer, ckube: ClusterKube, fake: FakeCluster, browser: aiohttp.ClientSession
+) -> None:
+    for _ in range(2):
+        term = await open_term(
+            browser,
+            str(gateway.make_url(PATH)),
+            "v4.channel.k8s.io",
+            headers={USER_HEADER: "alice"},
+        )
+        await ckube.next_session()
+        await term.ws.close()
+    assert len(fake.named("pods", "team-a")) == 1
+
+
+async def test_denied_user_gets_403_and_nothing_is_created(
+    gateway: TestServer, fake: FakeCluster, browser: aiohttp.ClientSession
+) -> None:
+    status, body, _ = await raw_handshake(
+        browser,
+        str(gateway.make_url(PATH)),
+        protocols="v4.channel.k8s.io",
+        headers={USER_HEADER: "bob"},
+    )
+    assert status == 403 and "may not create pods/exec on namespace team-a" in body
+    assert not fake.objects
+
+
+async def test_heartbeat_keeps_and_silence_deletes(
+    ckube: ClusterKube, fake: FakeCluster, tmp_path: Path, browser: aiohttp.ClientSession
+) -> None:
+    """Re-polls heartbeat the parent; a sweep deletes only terminals that went silent."""
+    async with _gateway(
+        ckube, tmp_path, authorization={"poll_interval": "200ms", "poll_jitter": 0}
+    ) as server:
+        prov = provisioner(server)
+        now = [1_000_000.0]
+        prov.clock = lambda: now[0]
+        term = await open_term(
+            browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
+        )
+        await ckube.next_session()
+        (parent,) = fake.named("serviceaccounts", "team-a")
+        name = parent["metadata"]["name"]
+
+        def heartbeat() -> float:
+            obj = fake.objects[("", "serviceaccounts", "team-a", name)]
+            return float(obj["metadata"]["annotations"]["terminal-proxy.dev/heartbeat"])
+
+        now[0] += 240  # four minutes later, the re-polls write a fresh heartbeat
+        await fake.wait_for(lambda: heartbeat() == now[0])
+        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        assert await prov.sweep(cluster) == []
+        await term.ws.close()
+        now[0] += 301  # silence: more than heartbeat_timeout since the last heartbeat
+        assert await prov.sweep(cluster) == [f"team-a/{name}"]
+        assert _objects(fake) == {kind: [] for kind in KINDS}
+
+
+async def test_gateway_restart_still_cleans_up(
+    ckube: ClusterKube,
+    fake: FakeCluster,
+    tmp_path: Path,
+    browser: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """State lives in the cluster: a new gateway's cleanup loop removes what the previous
+    one left behind once its expiry has passed."""
+    async with _gateway(ckube, tmp_path) as server:
+        term = await open_term(
+            browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
+        )
+        await ckube.next_session()
+        await term.ws.close()
+    assert len(fake.named("pods", "team-a")) == 1  # the first gateway is gone; the pod stays
+    expires = float(
+        fake.named("serviceaccounts", "team-a")[0]["metadata"]["annotations"][
+            "terminal-proxy.dev/expires-at"
+        ]
+    )
+    # The second gateway runs after the expiry: its own loop (not a call of ours) deletes it.
+    monkeypatch.setattr(provision_module, "wall_clock", lambda: expires + 1)
+    config = _config(ckube, tmp_path, {"cleanup_interval": "100ms"})
+    async with start_gateway(config):
+        await fake.wait_for(lambda: not fake.objects)
+
+
+async def test_expiry_ends_the_session_with_the_time_limit_code(
+    ckube: ClusterKube, fake: FakeCluster, tmp_path: Path, browser: aiohttp.ClientSession
+) -> None:
+    async with _gateway(
+        ckube,
+        tmp_path,
+        {"expiry": "1s", "heartbeat_timeout": "1s"},
+        authorization={"poll_interval": "200ms", "poll_jitter": 0},
+    ) as server:
+        term = await open_term(
+            browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
+        )
+        await ckube.next_session()
+        code, reason = await term.wait_closed()
+        assert (code, reason) == (4004, "session time limit reached")
+
+
+@pytest.mark.parametrize(
+    ("setup", "status", "text", "left"),
+    [
+        (
+            "pull",
+            502,
+            "the terminal image 'registry.example/missing:1' cannot be pulled: ErrImagePull",
+            True,
+        ),
+        ("quota", 429, 'namespace team-a is over its resource quota: pods "terminal-', True),
+        ("no-bind", 502, "the gateway may not create rolebindings in namespace team-a", True),
+        ("pending", 504, "the terminal pod was not ready within 1s", True),
+        ("no-sa", 502, "the gateway may not create serviceaccounts in namespace team-a", False),
+    ],
+)
+async def test_failures_are_clear_and_leave_nothing_behind(
+    ckube: ClusterKube,
+    fake: FakeCluster,
+    rbac: FakeRbac,
+    tmp_path: Path,
+    browser: aiohttp.ClientSession,
+    setup: str,
+    status: int,
+    text: str,
+    left: bool,
+) -> None:
+    provision: dict[str, Any] = {"ready_timeout": "1s"}
+    if setup == "pull":
+        provision["image"] = "registry.example/missing:1"
+    elif setup == "pending":
+        fake.pending_images.add(IMAGE)
+    elif setup == "quota":
+        fake.pod_quota["team-a"] = 0
+    elif setup == "no-bind":
+        rbac.grants = [g for g in rbac.grants if "bind" not in g[1].verbs]
+    elif setup == "no-sa":
+        rbac.grants = [
+            (subject, dataclasses.replace(rule, verbs=rule.verbs - {"create"}))
+            if "serviceaccounts" in rule.resources
+            else (subject, rule)
+            for subject, rule in rbac.grants
+        ]
+    async with _gateway(ckube, tmp_path, provision) as server:
+        got, body, _ = await raw_handshake(
+            browser,
+            str(server.make_url(PATH)),
+            protocols="v4.channel.k8s.io",
+            headers={USER_HEADER: "alice"},
+        )
+        assert got == status, body
+        assert text in body
+        # Something was created on the way (or not even the parent), and nothing is left.
+        created = [
+            r
+            for r in ckube.requests
+            if r.method == "POST" and r.path.endswith("/serviceaccounts") and r.status == 201
+        ]
+        assert bool(created) == left
+        assert not fake.objects
+        assert GATEWAY_USER  # the requests above were all the gateway's own

@@ -148,7 +148,7 @@ class ProvisionAuthorizer:
         while True:
             try:
                 await self.sweep(cluster)
-            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # the loop must outlive any one failed sweep
                 log.warning("cluster %s: terminal cleanup failed: %s", cluster.name, _why(exc))
             await asyncio.sleep(self._config.cleanup_interval)
 

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEB_STAMP := terminal_proxy/web/static/terminal-proxy.js
 
-.PHONY: test run serve lint typecheck pytest kubectl browser proxies web clean
+.PHONY: test run serve bench lint typecheck pytest kubectl browser proxies web clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test: lint typecheck pytest
 
 run: $(STAMP) web
 	$(BIN)/terminal-proxy demo $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --rounds 3 $(ARGS)
 
 serve: $(STAMP)
 	$(BIN)/terminal-proxy serve $(ARGS)

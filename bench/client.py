@@ -544,17 +544,25 @@ async def run_hold(params: dict[str, Any]) -> None:
     command = await loop.run_in_executor(None, sys.stdin.readline)
     lost = sum(1 for c in conns if c.lost.done() or c.close_code is not None)
     echo_failed = 0
+    verify_errors: list[str] = []
     if command.strip() == "verify":
 
-        async def verify(conn: AsyncConn) -> bool:
+        async def verify(conn: AsyncConn) -> str:
+            """"" when the echo came back, else why not."""
             try:
-                return await conn.echo(b"v", timeout)
+                if await conn.echo(b"v", timeout):
+                    return ""
             except TimeoutError:
-                return False
+                return f"echo timed out after {timeout:g}s"
+            if conn.close_code is not None or conn.lost.done():
+                return f"closed ({conn.close_code}) before the echo"
+            return "echo came back different"
 
         for first in range(0, len(conns), batch):
             results = await asyncio.gather(*(verify(c) for c in conns[first : first + batch]))
-            echo_failed += results.count(False)
+            failures = [r for r in results if r]
+            echo_failed += len(failures)
+            verify_errors.extend(failures[: 5 - len(verify_errors)])
     for first in range(0, len(conns), batch):
         await asyncio.gather(*(c.close() for c in conns[first : first + batch]))
     _emit(
@@ -564,6 +572,7 @@ async def run_hold(params: dict[str, Any]) -> None:
             "open_errors": len(open_errors),
             "lost_while_held": lost,
             "echo_failed": echo_failed,
+            "verify_errors": verify_errors,
             "verified": len(conns) - echo_failed if command.strip() == "verify" else 0,
         }
     )

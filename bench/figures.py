@@ -254,6 +254,7 @@ def _hold(
         "lost_while_held": sum(r["lost_while_held"] for r in done),
         "echo_failed": sum(r["echo_failed"] for r in done),
         "error_samples": [e for r in ready for e in r.get("error_samples", [])][:5],
+        "verify_errors": [e for r in done for e in r.get("verify_errors", [])][:5],
         "ramp_seconds": max(r["ramp_seconds"] for r in ready),
         "held_seconds": seconds,
     }

@@ -26,7 +26,6 @@ from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
-from .authorization.routing import uses_kubernetes, with_kubernetes
 from .config import Config
 from .errors import (
     AuthorizationError,
@@ -134,7 +133,10 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         else:
             gateway.authorizer = GitLabAuthorizer(config.authorization, client)
     upstream_config = config.upstream
-    if uses_kubernetes(config):
+    if any(route.kind != "authorization" for route in config.routes):
+        # kubernetes_asyncio costs ~0.3 s and tens of MB to import: only when used.
+        from .authorization.routing import with_kubernetes
+
         # Kubernetes routes: the clusters' API hosts join the upstream allowlist.
         gateway.authorizer, upstream_config = await with_kubernetes(config, gateway.authorizer)
     if gateway.authorizer is None:

@@ -132,17 +132,17 @@ def down_16k(b: Bench, relay: Relay) -> dict[str, Any]:
 
 
 def down_64(b: Bench, relay: Relay) -> dict[str, Any]:
-    count = b.settings.down_64_count
-    result = _client(b, relay, "down", size=64, count=count)
-    if "relay_cpu_s" in result:
-        result["cpu_us_per_frame"] = result["relay_cpu_s"] * 1e6 / count
-    return result
+    return _small_frames(b, relay, "down")
 
 
 def down_64_browser(b: Bench, relay: Relay) -> dict[str, Any]:
     """down_64 read one message at a time, as a browser's onmessage does."""
+    return _small_frames(b, relay, "down_messages")
+
+
+def _small_frames(b: Bench, relay: Relay, mode: str) -> dict[str, Any]:
     count = b.settings.down_64_count
-    result = _client(b, relay, "down_messages", size=64, count=count)
+    result = _client(b, relay, mode, size=64, count=count)
     if "relay_cpu_s" in result:
         result["cpu_us_per_frame"] = result["relay_cpu_s"] * 1e6 / count
     return result

@@ -548,7 +548,7 @@ async def run_hold(params: dict[str, Any]) -> None:
     if command.strip() == "verify":
 
         async def verify(conn: AsyncConn) -> str:
-            """"" when the echo came back, else why not."""
+            """Empty when the echo came back, else why it did not."""
             try:
                 if await conn.echo(b"v", timeout):
                     return ""

@@ -14,7 +14,7 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,8 +38,11 @@ from .errors import (
     UpstreamError,
 )
 from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
-from .protocols import BROWSER_SUBPROTOCOLS, Role, codec_for, negotiate
+from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
+from .replay import ReplayBudget
+from .resume import remember_end, resume_session
 from .session import Session, SessionLimits, Stop, StopReason
+from .tasks import spawn
 from .upstream import Dialer
 
 __all__ = ["GATEWAY", "Gateway", "build_app", "drain"]
@@ -77,6 +80,14 @@ class Gateway:
     metrics_url: str | None = None
     # Bind the metrics listener with SO_REUSEPORT (--workers).
     reuse_port: bool = False
+    # v1.terminal-proxy sessions that can be resumed, by session id (attached or not).
+    resumable: dict[str, Session] = field(default_factory=dict)
+    # Recently ended session ids and why (a late resume gets a precise answer).
+    ended: OrderedDict[str, StopReason] = field(default_factory=OrderedDict)
+    # Memory of every replay buffer (session.resume_memory_cap).
+    replay_budget: ReplayBudget = field(default_factory=ReplayBudget)
+    # Tasks running resumable sessions (they outlive their first handler).
+    session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -112,6 +123,7 @@ def build_app(
     app = web.Application(client_max_size=64 * 1024)
     gateway = Gateway(config, authorizer=authorizer, reuse_port=reuse_port)
     app[GATEWAY] = gateway
+    gateway.replay_budget.cap = config.session.resume_memory_cap
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/readiness", _readiness)
     if extra_routes is not None:
@@ -296,6 +308,11 @@ async def _terminal(
     _check_origin(request, config.browser.allowed_origins)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
+    if chosen == TERMINAL_PROXY and "resume" in request.query:
+        # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
+        socket = _browser_socket(config, chosen)
+        browser_request = _snapshot(request, config.browser.trusted_proxies)
+        return await resume_session(request, gateway, route, request_id, browser_request, socket)
     limits = config.limits
     if limits.max_pending_handshakes and gateway.pending >= limits.max_pending_handshakes:
         return _limited(
@@ -345,10 +362,30 @@ async def _terminal(
     gateway.metrics.handshakes.labels("101").inc()
     gateway.metrics.sessions_active.inc()
     gateway.sessions.add(session)
+    if not session.resumable:
+        await _run_session(gateway, session, user_key, fields)
+        return browser
+    # A resumable session outlives this handler: aiohttp cancels the handler when the
+    # browser's connection drops, and the session must carry on detached.
+    gateway.resumable[session.id] = session
+    task = spawn(_run_session(gateway, session, user_key, fields), name=f"session-{session.id}")
+    gateway.session_tasks.add(task)
+    task.add_done_callback(gateway.session_tasks.discard)
+    await asyncio.shield(task)
+    return browser
+
+
+async def _run_session(
+    gateway: Gateway, session: Session, user_key: str, fields: dict[str, object]
+) -> None:
+    """Run one session; then the bookkeeping of its end (log line, audit, metrics)."""
+    assert gateway.audit is not None
     try:
         await session.run()
     finally:
         gateway.sessions.discard(session)
+        if gateway.resumable.pop(session.id, None) is not None and session.stop is not None:
+            remember_end(gateway.ended, session.id, session.stop.reason)
         _release_user(gateway, user_key)
         gateway.metrics.sessions_active.dec()
         stop = session.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
@@ -358,7 +395,6 @@ async def _terminal(
         )
         session_log.info("session ended", extra={"fields": end})
         gateway.audit.emit("session_end", end)
-    return browser
 
 
 _Opened = tuple[str, tuple[web.WebSocketResponse, Session, dict[str, object]]]
@@ -421,20 +457,7 @@ async def _handshake(
         finally:
             metrics.dial_seconds.observe(time.monotonic() - dial_started)
 
-        browser = BrowserSocket(
-            protocols=(chosen,),
-            heartbeat=config.browser.ping_interval or None,
-            max_msg_size=config.browser.max_message_size,
-            # Bytes queued towards a slow browser before the upstream pump waits for it.
-            writer_limit=config.session.max_buffer,
-            timeout=config.session.close_timeout,
-            compress=False,
-            autoping=True,
-            autoclose=True,
-        )
-        browser.max_message_size = config.browser.max_message_size
-        if config.browser.pong_timeout and config.browser.ping_interval:
-            browser._pong_heartbeat = config.browser.pong_timeout
+        browser = _browser_socket(config, chosen)
         try:
             await browser.prepare(request)
         except BaseException:
@@ -454,10 +477,29 @@ async def _handshake(
         grant=answer,
         limits=_limits(config),
         shutdown=gateway.shutdown,
+        replay_budget=gateway.replay_budget,
     )
     fields = _session_fields(route, browser_request, answer, chosen, upstream.subprotocol)
     fields["session"] = request_id
     return user_key, (browser, session, fields)
+
+
+def _browser_socket(config: Config, chosen: str) -> BrowserSocket:
+    browser = BrowserSocket(
+        protocols=(chosen,),
+        heartbeat=config.browser.ping_interval or None,
+        max_msg_size=config.browser.max_message_size,
+        # Bytes queued towards a slow browser before the upstream pump waits for it.
+        writer_limit=config.session.max_buffer,
+        timeout=config.session.close_timeout,
+        compress=False,
+        autoping=True,
+        autoclose=True,
+    )
+    browser.max_message_size = config.browser.max_message_size
+    if config.browser.pong_timeout and config.browser.ping_interval:
+        browser._pong_heartbeat = config.browser.pong_timeout
+    return browser
 
 
 def _user_key(grant: Grant, request: BrowserRequest) -> str:
@@ -479,6 +521,11 @@ def _limits(config: Config) -> SessionLimits:
         poll_jitter=config.authorization.poll_jitter,
         poll_failure_grace=config.authorization.poll_failure_grace,
         close_timeout=config.session.close_timeout,
+        resume_grace=config.session.resume_grace,
+        resume_buffer=config.session.resume_buffer,
+        expiry_warning=config.session.expiry_warning,
+        extension=config.session.extension,
+        max_extensions=config.session.max_extensions,
     )
 
 

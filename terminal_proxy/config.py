@@ -338,6 +338,19 @@ class SessionConfig:
     max_buffer: int = 256 * KiB
     # On SIGTERM, sessions get this long before being closed with 1001, seconds.
     shutdown_grace: float = 10.0
+    # v1.terminal-proxy: how long a session whose browser dropped waits for a resume,
+    # seconds; 0: no resume (the session ends with its socket).
+    resume_grace: float = 300.0
+    # Output bytes a resumable session keeps for the replay.
+    resume_buffer: int = 1024 * KiB
+    # All replay buffers of this gateway together.
+    resume_memory_cap: int = 256 * 1024 * KiB
+    # Sessions with a time limit: warn the browser this long before the end; 0: no warning.
+    expiry_warning: float = 300.0
+    # Time each granted extension adds, seconds; 0: no extensions.
+    extension: float = 0.0
+    # Extensions one session may get.
+    max_extensions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1565,6 +1578,12 @@ _CONFIG: Final = _Section(
                 "close_timeout": _POSITIVE,
                 "max_buffer": _SIZE,
                 "shutdown_grace": _ZERO_DISABLES,
+                "resume_grace": _ZERO_DISABLES,
+                "resume_buffer": _SIZE,
+                "resume_memory_cap": _SIZE,
+                "expiry_warning": _ZERO_DISABLES,
+                "extension": _ZERO_DISABLES,
+                "max_extensions": _scalar(_integer(minimum=0)),
             },
         ),
         "logging": _Section(

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
 import logging
 import random
+import secrets
 import time
 from collections.abc import Sized
 from dataclasses import dataclass
@@ -26,10 +29,26 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .errors import AuthorizationError
-from .protocols import Codec, Exit, Output, ProtocolError, StdinClosed
+from .protocols import (
+    TERMINAL_PROXY,
+    Ack,
+    Codec,
+    Event,
+    Exit,
+    ExpiryWarning,
+    ExtensionAnswer,
+    ExtensionRequest,
+    Hello,
+    Output,
+    ProtocolError,
+    Resume,
+    Stdin,
+    StdinClosed,
+)
+from .replay import ReplayBudget, ReplayBuffer
 from .tasks import cancel_and_wait, spawn
 
-__all__ = ["Session", "SessionLimits", "Stop", "StopReason"]
+__all__ = ["Session", "SessionGone", "SessionLimits", "Stop", "StopReason", "close_socket"]
 
 log = logging.getLogger("terminal_proxy.session")
 
@@ -66,6 +85,13 @@ class StopReason(enum.Enum):
     IDLE = "idle"
     SHUTDOWN = "shutdown"
     INTERNAL = "internal_error"
+    # v1.terminal-proxy resume (docs/browser-protocol.md). Only resume_expired ends a
+    # session; the others close one browser socket and the session lives on.
+    TAKEN_OVER = "taken_over"
+    RESUME_EXPIRED = "resume_expired"
+    RESUME_UNKNOWN = "resume_unknown"
+    RESUME_BAD_TOKEN = "resume_bad_token"  # noqa: S105 (a stop reason)
+    RESUME_FORBIDDEN = "resume_forbidden"
 
 
 # reason → (browser code, browser reason, upstream code). The one table of close codes;
@@ -84,7 +110,15 @@ CLOSE_CODES: dict[StopReason, tuple[int, str, int]] = {
     StopReason.IDLE: (4005, "idle timeout", 1000),
     StopReason.SHUTDOWN: (1001, "server shutting down", 1001),
     StopReason.INTERNAL: (1011, "internal error", 1011),
+    StopReason.TAKEN_OVER: (4006, "session resumed on another connection", 1000),
+    StopReason.RESUME_EXPIRED: (4007, "session ended: resume grace expired", 1000),
+    StopReason.RESUME_UNKNOWN: (4008, "no such session to resume", 1000),
+    StopReason.RESUME_BAD_TOKEN: (4009, "resume refused: invalid token", 1000),
+    StopReason.RESUME_FORBIDDEN: (4010, "resume refused: {detail}", 1000),
 }
+# The upstream's end that a detached session waits out (within the resume grace) so a
+# returning browser still gets the last output and the exit status.
+_LINGER = frozenset({StopReason.EXITED, StopReason.UPSTREAM_CLOSED, StopReason.UPSTREAM_FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +154,19 @@ class SessionLimits:
     poll_jitter: float = 0.1
     poll_failure_grace: int = 2
     close_timeout: float = 5.0
+    # v1.terminal-proxy: how long a detached session waits for its browser (0: no resume)
+    # and how many output bytes it keeps for the replay.
+    resume_grace: float = 0.0
+    resume_buffer: int = 1024 * 1024
+    # Sessions with a time limit: warn this long before the end; each granted extension
+    # adds ``extension`` seconds, at most ``max_extensions`` times.
+    expiry_warning: float = 0.0
+    extension: float = 0.0
+    max_extensions: int = 0
+
+
+class SessionGone(Exception):
+    """The session no longer accepts a resume (it is ending or has ended)."""
 
 
 class Session:
@@ -138,6 +185,7 @@ class Session:
         grant: Grant,
         limits: SessionLimits,
         shutdown: asyncio.Event,
+        replay_budget: ReplayBudget | None = None,
     ) -> None:
         self.id = session_id
         self.browser = browser
@@ -170,8 +218,49 @@ class Session:
         self._poll_timer: asyncio.TimerHandle | None = None
         self._poll: asyncio.Task[Stop | None] | None = None
         self._poll_failures = 0
+        # v1.terminal-proxy: control messages, and resume when resume_grace is set.
+        self.controls = browser_codec.name == TERMINAL_PROXY
+        self.resumable = self.controls and limits.resume_grace > 0
+        self._replay: ReplayBuffer | None = None
+        if self.resumable:
+            self._replay = ReplayBuffer(limits.resume_buffer, replay_budget)
+        # The attached browser socket (None while detached); self.browser is the latest.
+        self._live: web.WebSocketResponse | None = browser
+        # The socket the browser pump is reading (it may lag behind _live).
+        self._reading: web.WebSocketResponse | None = None
+        # Input bytes given to the upstream (the browser re-sends from here on resume).
+        self.input_offset = 0
+        # SHA-256 of the resume tokens that are valid now (normally one).
+        self._token_hashes: list[bytes] = []
+        self._attached = asyncio.Event()
+        self._attached.set()
+        # Cleared while a resume replays: output waits so it follows the replay.
+        self._not_attaching = asyncio.Event()
+        self._not_attaching.set()
+        self._accepting = self.resumable
+        self._detached_at: float | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._lingering: asyncio.Future[None] | None = None
+        self._pending_exit: Exit | None = None
+        # Futures the handlers of resumed sockets wait on, resolved when let go.
+        self._releases: list[tuple[web.WebSocketResponse, asyncio.Future[None]]] = []
+        self.resumes = 0
+        # Time limit (loop time), expiry warning and extensions.
+        self._deadline: float | None = None
+        self._limit_total = 0.0
+        self._warn_timer: asyncio.TimerHandle | None = None
+        self._extensions = 0
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # Public API -----------------------------------------------------------------
+
+    @property
+    def grant(self) -> Grant:
+        return self._grant
+
+    @property
+    def detached(self) -> bool:
+        return self.resumable and self._live is None
 
     async def run(self) -> Stop:
         """Relay until the first stopper fires; close both sides; return why."""
@@ -197,14 +286,19 @@ class Session:
         self._last_activity = loop.time()
         if self._shutdown.is_set():
             self.shut_down()
-        tasks: list[asyncio.Task[Stop]] = [
-            spawn(self._pump_upstream(), name=f"session-{self.id}-upstream-to-browser"),
-            spawn(self._pump_browser(), name=f"session-{self.id}-browser-to-upstream"),
-        ]
         limit = _min_positive(self._grant.details.max_session_time, self._limits.max_duration)
         if limit:
-            stop = Stop(StopReason.TIME_LIMIT, f"{limit:g}s")
-            self._limit_timer = loop.call_later(limit, self.request_stop, stop)
+            self._deadline = loop.time() + limit
+            self._limit_total = limit
+            self._schedule_deadline()
+        if self.resumable:
+            hello = Hello(self.id, self._new_token(), expires_in=self._remaining())
+            await self._send_event(hello)
+        pump_browser = self._pump_browser_resumable if self.resumable else self._pump_browser
+        tasks: list[asyncio.Task[Stop]] = [
+            spawn(self._pump_upstream(), name=f"session-{self.id}-upstream-to-browser"),
+            spawn(pump_browser(), name=f"session-{self.id}-browser-to-upstream"),
+        ]
         if self._limits.idle_timeout:
             self._idle_timer = loop.call_later(self._limits.idle_timeout, self._check_idle)
         if self._limits.poll_interval:
@@ -237,12 +331,19 @@ class Session:
         the peer's close frame, so the upstream would see a 1006 instead of our code.
         """
         upstream_pump, others = tasks[0], tasks[1:]
+        self._accepting = False
         await self._stop_stoppers()
         await cancel_and_wait(others)
         try:
+            if self.detached and stop.reason in _LINGER and not self._stopped.done():
+                await self._close_upstream(stop)
+                await self._linger()
             await self._close(stop)
         finally:
             await cancel_and_wait([upstream_pump])
+            self._release_all()
+            if self._replay is not None:
+                self._replay.clear()
 
     # Pumps -------------------------------------------------------------------------
 
@@ -254,8 +355,8 @@ class Session:
         as one browser frame. A busy terminal's many small frames then cost one write,
         and nothing waits: the batch goes out as soon as the queue is empty.
         """
-        upstream, browser = self.upstream, self.browser
-        decode, encode = self.upstream_codec.decode, self.browser_codec.encode
+        upstream = self.upstream
+        decode = self.upstream_codec.decode
         plain_output = self.upstream_codec.plain_output
         queued = _parsed_queue(upstream)
         loop = asyncio.get_running_loop()
@@ -303,12 +404,8 @@ class Session:
                         chunks, size = [], 0
                     if type(event) is Exit:
                         self.exit = event
-                    for opcode, data in encode(event):
-                        try:
-                            await browser.send_frame(data, WSMsgType(opcode))
-                        except ConnectionError:
-                            return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
-                        self.bytes_out += len(data)
+                    if not await self._send_event(event):
+                        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
                 if chunks and (size >= COALESCE_LIMIT or not queued):
                     if not await self._send_output(chunks, stream):
                         return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
@@ -326,6 +423,8 @@ class Session:
     async def _send_output(self, chunks: list[bytes], stream: int) -> bool:
         """Send gathered output as one event; False when the browser is gone."""
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._replay is not None:
+            return await self._send_output_resumable(data, stream)
         for opcode, frame in self.browser_codec.encode(Output(data, stream)):
             try:
                 await self.browser.send_frame(frame, WSMsgType(opcode))
@@ -376,11 +475,8 @@ class Session:
                 # channel.k8s.io v1 writes the error stream only on failure: a clean close
                 # without one is success.
                 self.exit = Exit(0)
-                for opcode, data in self.browser_codec.encode(self.exit):
-                    try:
-                        await self.browser.send_frame(data, WSMsgType(opcode))
-                    except ConnectionError:
-                        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                if not await self._send_event(self.exit):
+                    return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
             if self.exit is not None:
                 exit_code = self.exit.code
                 if exit_code is None:
@@ -391,14 +487,360 @@ class Session:
             return Stop(StopReason.UPSTREAM_FAILED, "connection lost")
         return Stop(StopReason.UPSTREAM_FAILED, f"closed with {code} {reason}".strip())
 
+    async def _send_event(self, event: Event) -> bool:
+        """Send one non-output event to the browser; False when the browser is gone.
+
+        A resumable session never loses its browser this way: a failed send detaches
+        it, and an exit status that found no browser waits for the next attach.
+        """
+        if self._replay is None and not self.controls:
+            ws: web.WebSocketResponse | None = self.browser
+        else:
+            await self._not_attaching.wait()
+            ws = self._live if self.resumable else self.browser
+        if ws is None:
+            if type(event) is Exit:
+                self._pending_exit = event
+            return True
+        for opcode, data in self.browser_codec.encode(event):
+            try:
+                await ws.send_frame(data, WSMsgType(opcode))
+            except ConnectionError:
+                if not self.resumable:
+                    return False
+                self._detach(ws, "browser connection lost")
+                if type(event) is Exit:
+                    self._pending_exit = event
+                return True
+            self.bytes_out += len(data)
+        return True
+
+    async def _send_output_resumable(self, data: bytes, stream: int) -> bool:
+        """Record output for replay, then send it if a browser is attached."""
+        assert self._replay is not None
+        await self._not_attaching.wait()
+        self._replay.append(data)
+        ws = self._live
+        if ws is None:
+            return True
+        for opcode, frame in self.browser_codec.encode(Output(data, stream)):
+            try:
+                await ws.send_frame(frame, WSMsgType(opcode))
+            except ConnectionError:
+                self._detach(ws, "browser connection lost")
+                return True
+            self.bytes_out += len(frame)
+        return True
+
+    async def _pump_browser_resumable(self) -> Stop:
+        """Browser → upstream for a resumable session: reads whichever socket is attached.
+
+        A socket that ends without a normal close (1000) detaches the session; the pump
+        then waits for the next attach. Control messages stay in the gateway.
+        """
+        upstream = self.upstream
+        decode, encode = self.browser_codec.decode, self.upstream_codec.encode
+        loop = asyncio.get_running_loop()
+        while True:
+            ws = self._live
+            if ws is None:
+                self._reading = None
+                await self._attached.wait()
+                continue
+            self._reading = ws
+            msg = await ws.receive()
+            if ws is not self._live:
+                continue  # taken over or detached while we waited: read the new one
+            if msg.type in _DATA:
+                payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+                self._last_activity = loop.time()
+                self.bytes_in += len(payload)
+                try:
+                    events = decode(msg.type, payload)  # type: ignore[arg-type]
+                except ProtocolError as exc:
+                    return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+                for event in events:
+                    kind = type(event)
+                    if kind is Stdin:
+                        self.input_offset += len(event.data)  # type: ignore[union-attr]
+                    elif kind is Ack:
+                        assert self._replay is not None and isinstance(event, Ack)
+                        self._replay.release(event.received or 0)
+                        await self._send_event(Ack(input=self.input_offset))
+                        continue
+                    elif kind is ExtensionRequest:
+                        self._request_extension()
+                        continue
+                    elif kind is Resume:
+                        return Stop(
+                            StopReason.BROWSER_PROTOCOL_ERROR, "resume is only a first message"
+                        )
+                    for opcode, data in encode(event):
+                        try:
+                            await upstream.send_frame(data, WSMsgType(opcode))
+                        except ConnectionError:
+                            return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+                continue
+            if msg.type is WSMsgType.ERROR and _is_too_big(msg.data):
+                return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
+            code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
+            if code == 1000:
+                return Stop(StopReason.BROWSER_LEFT, "browser closed (1000)")
+            self._detach(ws, f"browser connection lost ({code})")
+
+    # Resume ------------------------------------------------------------------------
+
+    def _new_token(self) -> str:
+        """A fresh 256-bit resume token; only its SHA-256 is kept."""
+        token = secrets.token_urlsafe(32)
+        self._token_hashes = [hashlib.sha256(token.encode()).digest()]
+        return token
+
+    def take_token(self, token: str) -> bytes | None:
+        """Check a resume token and use it up: its hash when valid, else None."""
+        digest = hashlib.sha256(token.encode()).digest()
+        if not self._accepting:
+            return None
+        for known in self._token_hashes:
+            if hmac.compare_digest(digest, known):
+                self._token_hashes = []
+                return known
+        return None
+
+    def restore_token(self, digest: bytes) -> None:
+        """Make a taken token valid again (its resume failed on the gateway's side)."""
+        if digest not in self._token_hashes:
+            self._token_hashes.append(digest)
+
+    def _detach(self, ws: web.WebSocketResponse, detail: str) -> None:
+        """The attached browser is gone: keep the session for the resume grace."""
+        if ws is not self._live or self._stopped.done():
+            return
+        loop = asyncio.get_running_loop()
+        self._live = None
+        self._attached.clear()
+        self._detached_at = loop.time()
+        grace = self._limits.resume_grace
+        log.info("session %s: browser detached (%s); resumable for %gs", self.id, detail, grace)
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        stop = Stop(StopReason.RESUME_EXPIRED, f"no resume within {grace:g}s")
+        self._grace_timer = loop.call_later(grace, self.request_stop, stop)
+        self._release(ws)
+
+    async def attach(self, ws: web.WebSocketResponse, resume: Resume) -> asyncio.Future[None]:
+        """Attach a resuming browser socket: hello, the missed output, then live output.
+
+        The caller has checked the token (``take_token``) and the authorization. Any
+        attached socket is closed with 4006 (taken over). Returns a future resolved when
+        this socket is let go (detached, taken over, or the session ended).
+        Raises SessionGone, or ProtocolError for offsets the session never had.
+        """
+        replay = self._replay
+        if replay is None or not self._accepting:
+            raise SessionGone(self.id)
+        if resume.received > replay.end:
+            raise ProtocolError(f"resume: received {resume.received} > produced {replay.end}")
+        if resume.sent < self.input_offset:
+            raise ProtocolError(f"resume: sent {resume.sent} < delivered {self.input_offset}")
+        loop = asyncio.get_running_loop()
+        stale = {s for s in (self._live, self._reading) if s is not None and s is not ws}
+        old_hashes = self._token_hashes
+        self._live = None
+        self._attached.clear()
+        self._not_attaching.clear()
+        try:
+            token = self._new_token()
+            missed = replay.since(resume.received)
+            hello = Hello(
+                self.id,
+                token,
+                offset=missed.offset,
+                input=self.input_offset,
+                resumed=True,
+                reset=missed.reset,
+                expires_in=self._remaining(),
+            )
+            frames = list(self.browser_codec.encode(hello))
+            data = missed.data
+            for start in range(0, len(data), COALESCE_LIMIT):
+                frames += self.browser_codec.encode(Output(data[start : start + COALESCE_LIMIT]))
+            if self._pending_exit is not None:
+                frames += self.browser_codec.encode(self._pending_exit)
+            for opcode, frame in frames:
+                await ws.send_frame(frame, WSMsgType(opcode))
+                self.bytes_out += len(frame)
+        except BaseException as exc:
+            # The new socket failed at once (or its handler was cancelled): still
+            # detached, and the browser may come back with either token.
+            self._token_hashes = old_hashes + self._token_hashes
+            self._detach_stale(stale)
+            if isinstance(exc, ConnectionError):
+                raise SessionGone(self.id) from None
+            raise
+        finally:
+            self._not_attaching.set()
+        self._pending_exit = None
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+        self._detached_at = None
+        self._live = self.browser = ws
+        self._attached.set()
+        self.resumes += 1
+        release: asyncio.Future[None] = loop.create_future()
+        self._releases.append((ws, release))
+        if self._lingering is not None and not self._lingering.done():
+            self._lingering.set_result(None)
+        log.info(
+            "session %s: resumed (offset %d, replayed %d bytes%s)",
+            self.id,
+            missed.offset,
+            len(data),
+            ", reset" if missed.reset else "",
+        )
+        for old in stale:
+            self._release(old)
+            await close_socket(old, Stop(StopReason.TAKEN_OVER), self._limits.close_timeout)
+        return release
+
+    def _detach_stale(self, stale: set[web.WebSocketResponse]) -> None:
+        """After a failed attach: the session stays detached (grace timer running)."""
+        if self._grace_timer is None and not self._stopped.done():
+            loop = asyncio.get_running_loop()
+            self._detached_at = loop.time()
+            grace = self._limits.resume_grace
+            stop = Stop(StopReason.RESUME_EXPIRED, f"no resume within {grace:g}s")
+            self._grace_timer = loop.call_later(grace, self.request_stop, stop)
+        for old in stale:
+            self._release(old)
+
+    def _release(self, ws: web.WebSocketResponse) -> None:
+        keep = []
+        for owner, future in self._releases:
+            if owner is ws:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((owner, future))
+        self._releases = keep
+
+    def _release_all(self) -> None:
+        for _, future in self._releases:
+            if not future.done():
+                future.set_result(None)
+        self._releases = []
+        if self._lingering is not None and not self._lingering.done():
+            self._lingering.cancel()
+
+    async def _linger(self) -> None:
+        """The upstream ended while detached: wait out the grace for the browser to come
+        back for the last output and the exit status."""
+        if self._detached_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = self._detached_at + self._limits.resume_grace - loop.time()
+        if remaining <= 0:
+            return
+        lingering: asyncio.Future[None] = loop.create_future()
+        self._lingering = lingering
+        self._accepting = True
+        waits: list[asyncio.Future[Any]] = [lingering, self._stopped]
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=remaining,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._accepting = False
+
+    # Time limit, expiry warning, extension -----------------------------------------------
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    def _schedule_deadline(self) -> None:
+        assert self._deadline is not None
+        loop = asyncio.get_running_loop()
+        for timer in (self._limit_timer, self._warn_timer):
+            if timer is not None:
+                timer.cancel()
+        remaining = self._deadline - loop.time()
+        stop = Stop(StopReason.TIME_LIMIT, f"{self._limit_total:g}s")
+        self._limit_timer = loop.call_later(remaining, self.request_stop, stop)
+        warning = self._limits.expiry_warning
+        if self.controls and warning > 0:
+            self._warn_timer = loop.call_later(max(0.0, remaining - warning), self._warn)
+
+    def _extendable(self) -> bool:
+        return self._limits.extension > 0 and self._extensions < self._limits.max_extensions
+
+    def _warn(self) -> None:
+        remaining = self._remaining()
+        if remaining is None or self._stopped.done():
+            return
+        warning = ExpiryWarning(remaining, extendable=self._extendable())
+        self._spawn_control(self._send_control(warning), "expiry-warning")
+
+    def _request_extension(self) -> None:
+        self._spawn_control(self._extend(), "extension")
+
+    def _spawn_control(self, coro: Any, what: str) -> None:
+        task: asyncio.Task[None] = spawn(coro, name=f"session-{self.id}-{what}")
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _send_control(self, event: Event) -> None:
+        await self._send_event(event)
+
+    async def _extend(self) -> None:
+        """An extension request: granted when re-authorization still allows the session."""
+        answer = await self._extension_answer()
+        log.info(
+            "session %s: extension %s%s",
+            self.id,
+            "granted" if answer.granted else "refused",
+            f" ({answer.reason})" if answer.reason else "",
+        )
+        await self._send_event(answer)
+
+    async def _extension_answer(self) -> ExtensionAnswer:
+        if self._deadline is None:
+            return ExtensionAnswer(False, reason="this session has no time limit")
+        if not self._extendable():
+            return ExtensionAnswer(False, self._remaining(), "no extension available")
+        try:
+            answer = await self._authorizer.reauthorize(self._request, self._grant)
+        except AuthorizationError:
+            return ExtensionAnswer(False, self._remaining(), "authorization unavailable")
+        if isinstance(answer, PassBack) or answer != self._grant:
+            return ExtensionAnswer(False, self._remaining(), "authorization does not allow it")
+        if self._stopped.done() or self._deadline is None:
+            return ExtensionAnswer(False, reason="session ending")
+        self._extensions += 1
+        self._deadline += self._limits.extension
+        self._limit_total += self._limits.extension
+        self._schedule_deadline()
+        return ExtensionAnswer(True, self._remaining())
+
     # Stoppers ----------------------------------------------------------------------
 
     async def _stop_stoppers(self) -> None:
-        for timer in (self._limit_timer, self._idle_timer, self._poll_timer):
+        for timer in (
+            self._limit_timer,
+            self._idle_timer,
+            self._poll_timer,
+            self._warn_timer,
+            self._grace_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         if self._poll is not None:
             await cancel_and_wait([self._poll])
+        await cancel_and_wait(list(self._control_tasks))
 
     def _check_idle(self) -> None:
         idle = self._limits.idle_timeout
@@ -491,14 +933,25 @@ class Session:
             pass
 
     async def _close_browser(self, stop: Stop) -> None:
-        ws = self.browser
-        if ws.closed:
+        ws = self._live if self.resumable else self.browser
+        if ws is None or ws.closed:
             return
         try:
             async with asyncio.timeout(self._limits.close_timeout):
                 await ws.close(code=stop.browser_code, message=_reason_bytes(stop.browser_reason))
         except (TimeoutError, ConnectionError):
             pass
+
+
+async def close_socket(ws: web.WebSocketResponse, stop: Stop, close_timeout: float) -> None:
+    """Close one browser socket with ``stop``'s code and reason, within ``timeout``."""
+    if ws.closed:
+        return
+    try:
+        async with asyncio.timeout(close_timeout):
+            await ws.close(code=stop.browser_code, message=_reason_bytes(stop.browser_reason))
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) -> Stop:

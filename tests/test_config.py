@@ -110,6 +110,12 @@ DEFAULTS = [
     ("session.close_timeout", 5.0),
     ("session.max_buffer", 256 * 1024),
     ("session.shutdown_grace", 10.0),
+    ("session.resume_grace", 300.0),
+    ("session.resume_buffer", 1024 * 1024),
+    ("session.resume_memory_cap", 256 * 1024 * 1024),
+    ("session.expiry_warning", 300.0),
+    ("session.extension", 0.0),
+    ("session.max_extensions", 0),
     ("logging.level", "info"),
     ("logging.format", "text"),
     ("limits.max_sessions", 0),
@@ -218,6 +224,12 @@ session:
   close_timeout: 2.5
   max_buffer: 1MB
   shutdown_grace: 0
+  resume_grace: 1m
+  resume_buffer: 64KiB
+  resume_memory_cap: 128MiB
+  expiry_warning: 2m
+  extension: 30m
+  max_extensions: 2
 logging:
   level: debug
   format: json
@@ -319,6 +331,12 @@ EVERY_KEY = [
     ("session.close_timeout", 2.5),
     ("session.max_buffer", 1_000_000),
     ("session.shutdown_grace", 0.0),
+    ("session.resume_grace", 60.0),
+    ("session.resume_buffer", 64 * 1024),
+    ("session.resume_memory_cap", 128 * 1024 * 1024),
+    ("session.expiry_warning", 120.0),
+    ("session.extension", 1800.0),
+    ("session.max_extensions", 2),
     ("logging.level", "debug"),
     ("logging.format", "json"),
     ("limits.max_sessions", 5000),

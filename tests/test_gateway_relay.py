@@ -136,6 +136,9 @@ async def test_exit_code_pair(
         assert term.exits[0].status is not None and b'"NonZeroExitCode"' in term.exits[0].status
     elif is_k8s(browser_protocol):
         assert [e.code for e in term.exits] == [3]  # v1: the error text names the code
+    elif browser_protocol == "v1.terminal-proxy":
+        assert [e.code for e in term.exits] == [3] and "exit code" in term.exits[0].message
+        assert b"Status" not in term.stdout and b"{" not in term.stdout
     else:
         assert term.exits == []
         assert b"Status" not in term.stdout and b"{" not in term.stdout

@@ -121,8 +121,9 @@ def decode_all(codec: Codec, frames: Sequence[Frame]) -> list[Event]:
 
 
 def test_subprotocol_lists() -> None:
-    """The browser list is fixed and in order; we can dial the same set."""
-    assert BROWSER_SUBPROTOCOLS == ALL
+    """The browser list is fixed and in order (our own protocol last, tested in
+    tests/test_protocol_terminal_proxy.py); we dial the same set but our own."""
+    assert (*ALL, "v1.terminal-proxy") == BROWSER_SUBPROTOCOLS
     assert set(UPSTREAM_SUBPROTOCOLS) == set(ALL)
     assert len(UPSTREAM_SUBPROTOCOLS) == len(ALL)
 

@@ -13,10 +13,16 @@ from .base import Codec, Frame, Opcode, ProtocolError, Role
 from .events import (
     STDERR,
     STDOUT,
+    Ack,
     Event,
     Exit,
+    ExpiryWarning,
+    ExtensionAnswer,
+    ExtensionRequest,
+    Hello,
     Output,
     Resize,
+    Resume,
     Stdin,
     StdinClosed,
 )
@@ -33,20 +39,28 @@ from .kubernetes import (
     parse_status,
     status_json,
 )
+from .terminal_proxy import TERMINAL_PROXY, terminal_proxy_codec
 
 __all__ = [
     "BROWSER_SUBPROTOCOLS",
     "STDERR",
     "STDOUT",
+    "TERMINAL_PROXY",
     "UPSTREAM_SUBPROTOCOLS",
+    "Ack",
     "Codec",
     "Event",
     "Exit",
+    "ExpiryWarning",
+    "ExtensionAnswer",
+    "ExtensionRequest",
     "Frame",
+    "Hello",
     "Opcode",
     "Output",
     "ProtocolError",
     "Resize",
+    "Resume",
     "Role",
     "Stdin",
     "StdinClosed",
@@ -69,13 +83,15 @@ BROWSER_SUBPROTOCOLS: Final[tuple[str, ...]] = (
     BASE64_V4,
     V1,
     BASE64_V1,
+    TERMINAL_PROXY,
 )
-# What we can speak to an upstream: the same set.
-UPSTREAM_SUBPROTOCOLS: Final[tuple[str, ...]] = BROWSER_SUBPROTOCOLS
+# What we can speak to an upstream: the same set but our own (browser-only) protocol.
+UPSTREAM_SUBPROTOCOLS: Final[tuple[str, ...]] = BROWSER_SUBPROTOCOLS[:-1]
 
 _FACTORIES: Final[dict[str, Callable[[str, Role], Codec]]] = {
     **dict.fromkeys(GITLAB_PROTOCOLS, gitlab_codec),
     **dict.fromkeys(KUBERNETES_PROTOCOLS, kubernetes_codec),
+    TERMINAL_PROXY: terminal_proxy_codec,
 }
 
 

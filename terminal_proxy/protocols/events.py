@@ -7,15 +7,21 @@ Every event is an immutable value, so tables of (frame, events) pairs test each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "STDERR",
     "STDOUT",
+    "Ack",
     "Event",
     "Exit",
+    "ExpiryWarning",
+    "ExtensionAnswer",
+    "ExtensionRequest",
+    "Hello",
     "Output",
     "Resize",
+    "Resume",
     "Stdin",
     "StdinClosed",
 ]
@@ -67,4 +73,81 @@ class Exit:
     status: bytes | None = None
 
 
-Event = Stdin | Output | Resize | StdinClosed | Exit
+# Session control: only v1.terminal-proxy expresses these; every other codec encodes
+# them to nothing and never decodes them.
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Gateway → browser, first message of every attachment (new or resumed).
+
+    ``token`` is the single-use resume token for the *next* resume. ``offset`` is the
+    output offset the bytes that follow start at (0 for a new session; on a resume the
+    client's offset, or a later one when ``reset`` says bytes were lost); ``input`` is
+    how many input bytes the upstream has been given (the client re-sends from there).
+    ``expires_in`` is the seconds left when the session has a time limit.
+    """
+
+    session: str
+    token: str = field(repr=False)
+    offset: int = 0
+    input: int = 0
+    resumed: bool = False
+    reset: bool = False
+    expires_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Browser → gateway, first message of a resuming socket."""
+
+    session: str
+    token: str = field(repr=False)
+    received: int
+    sent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Acknowledgement: ``received`` output bytes (browser → gateway) or ``input`` bytes
+    given to the upstream (gateway → browser)."""
+
+    received: int | None = None
+    input: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryWarning:
+    """The session's time limit ends in ``expires_in`` seconds."""
+
+    expires_in: float
+    extendable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionRequest:
+    """The user asks for more time."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionAnswer:
+    """The gateway's answer to an ExtensionRequest."""
+
+    granted: bool
+    expires_in: float | None = None
+    reason: str = ""
+
+
+Event = (
+    Stdin
+    | Output
+    | Resize
+    | StdinClosed
+    | Exit
+    | Hello
+    | Resume
+    | Ack
+    | ExpiryWarning
+    | ExtensionRequest
+    | ExtensionAnswer
+)

@@ -258,3 +258,86 @@ async def test_reconnect_opens_a_fresh_shell(chromium: Browser, demo: Demo) -> N
     await page.locator(".xterm-helper-textarea").focus()
     await page.keyboard.type("echo again\n")
     await wait_for_screen(page, "^again$")
+
+
+class DropProxy:
+    """A TCP forwarder in front of the demo whose connections the test can kill (abort:
+    no close frame, no FIN handshake), like a network drop between browser and gateway."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.transports: list[asyncio.WriteTransport] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> DropProxy:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        self.kill()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def kill(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+        self.transports.clear()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.transports += [writer.transport, up_writer.transport]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        loop = asyncio.get_running_loop()
+        for coro in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = loop.create_task(coro)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+async def test_page_survives_a_dropped_connection(chromium: Browser, demo: Demo) -> None:
+    """The socket is killed under the page (no close frame); the page resumes the same
+    session: a variable set before the drop is still set, and nothing is lost."""
+    port = int(demo.base.rsplit(":", 1)[1])
+    async with DropProxy(port) as proxy:
+        page = await chromium.new_page(viewport={"width": 1000, "height": 600})
+        await page.goto(demo.url.replace(f":{port}/", f":{proxy.port}/"))
+        await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.term")
+        await wait_for_screen(page, r"^\$ ")
+        assert await page.evaluate("() => window.terminalProxy.handle.protocol") == (
+            "v1.terminal-proxy"
+        )
+        session_id = await page.evaluate("() => window.terminalProxy.handle.sessionId")
+        assert session_id
+        await page.locator(".xterm-helper-textarea").focus()
+        await page.keyboard.type("KEPT=survivor-42; echo set-$KEPT\n")
+        await wait_for_screen(page, "^set-survivor-42$")
+        proxy.kill()
+        await page.wait_for_function(
+            "() => window.terminalProxy.handle.status.resumed === true", timeout=15_000
+        )
+        assert await page.evaluate("() => window.terminalProxy.handle.sessionId") == session_id
+        await page.keyboard.type("echo value-$KEPT\n")
+        await wait_for_screen(page, "^value-survivor-42$")
+        text = await screen(page)
+        # Nothing replayed twice, nothing lost: the screen is what one unbroken session shows.
+        assert text.rstrip().startswith(
+            "$ KEPT=survivor-42; echo set-$KEPT\nset-survivor-42\n"
+            "$ echo value-$KEPT\nvalue-survivor-42"
+        )
+        await page.close()

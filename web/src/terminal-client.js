@@ -4,9 +4,17 @@
  *   const handle = connectTerminal(document.getElementById("terminal"), { path: "/demo/terminal.ws" });
  *
  * Wire protocol. The page offers the subprotocols in `options.protocols` (default
- * v5.channel.k8s.io, v4.channel.k8s.io, terminal.gitlab.com) and the gateway picks one.
- * Frames are binary (binaryType "arraybuffer").
+ * v1.terminal-proxy, v5.channel.k8s.io, v4.channel.k8s.io, terminal.gitlab.com) and the
+ * gateway picks one. Frames are binary (binaryType "arraybuffer") except control messages.
  *
+ *   v1.terminal-proxy (docs/browser-protocol.md): binary frames are terminal bytes both ways;
+ *     text frames are JSON control messages. page → gateway: resize {cols, rows}, ack
+ *     {received}, extend, and resume {session, token, received, sent} as the first message of
+ *     a resuming socket. gateway → page: hello {session, token, offset, input, reset, …},
+ *     exit {code, reason}, expiry {expires_in, extendable}, extension {granted, …}, ack {input}.
+ *     When the socket drops without a close frame (1006) the module resumes the same session
+ *     on a new socket (`?resume=<session id>`): the gateway replays exactly the output the
+ *     page missed and the page re-sends the input the gateway did not get.
  *   v5.channel.k8s.io / v4.channel.k8s.io: every frame is [stream byte] + payload.
  *     page → gateway   0 stdin    UTF-8 bytes of what was typed or pasted
  *                      4 resize   {"Width":cols,"Height":rows}, after open and on every resize
@@ -29,7 +37,9 @@
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 
+export const TERMINAL_PROXY = "v1.terminal-proxy";
 export const DEFAULT_PROTOCOLS = Object.freeze([
+  TERMINAL_PROXY,
   "v5.channel.k8s.io",
   "v4.channel.k8s.io",
   "terminal.gitlab.com",
@@ -39,6 +49,10 @@ const SUPPORTED = new Set(DEFAULT_PROTOCOLS);
 const STDIN = 0, STDOUT = 1, STDERR = 2, STATUS = 3, RESIZE = 4;
 const DIM = "\x1b[2m", RED = "\x1b[31m", PLAIN = "\x1b[0m";
 const encoder = new TextEncoder();
+// Acknowledge received output every this many bytes (lets the gateway free its replay buffer).
+const ACK_EVERY = 64 * 1024;
+// Resume attempts: wait 0.25 s, 0.5 s, 1 s … up to 8 s between them, for up to 5 minutes.
+const RESUME_FOR_MS = 5 * 60 * 1000;
 
 /** The ws:/wss: URL of a same-origin path (wss: when the page is https:). */
 export function websocketURL(path, location = window.location) {
@@ -109,7 +123,10 @@ export function connectTerminal(container, options = {}) {
   fit.fit();
 
   const statusListeners = new Set();
-  let session = null; // { ws, kubernetes, decoders, opened, exitReported }
+  let session = null; // { ws, kubernetes, tp, decoders, opened, exitReported, resume }
+  // v1.terminal-proxy resume state, shared by the sockets of one session:
+  // { id, token, received, acked, sent, input: [{offset, bytes}], since, timer }
+  let resumable = null;
   let status = { state: "connecting", text: "connecting…" };
 
   const handle = {
@@ -128,6 +145,11 @@ export function connectTerminal(container, options = {}) {
     close() {
       if (session && session.ws.readyState <= WebSocket.OPEN) session.ws.close(1000, "closed by the page");
     },
+    /** v1.terminal-proxy: ask for more time (answer through onExtension). */
+    extend() {
+      sendControl({ type: "extend" });
+    },
+    get sessionId() { return resumable?.id ?? null; },
     reconnect() {
       detach();
       term.reset();
@@ -148,7 +170,26 @@ export function connectTerminal(container, options = {}) {
     for (const fn of statusListeners) fn(status);
   }
 
+  function sendControl(message) {
+    if (session?.tp && session.ws.readyState === WebSocket.OPEN && !session.resume) {
+      session.ws.send(JSON.stringify(message));
+    }
+  }
+
   function send(stream, bytes) {
+    if (session?.tp) {
+      if (stream !== STDIN || bytes.length === 0) return;
+      if (!resumable) {
+        // No hello (resume is off on this gateway): a plain byte stream.
+        if (session.ws.readyState === WebSocket.OPEN) session.ws.send(bytes);
+        return;
+      }
+      // Kept until the gateway says the upstream has it: re-sent after a resume.
+      resumable.input.push({ offset: resumable.sent, bytes });
+      resumable.sent += bytes.length;
+      if (session.ws.readyState === WebSocket.OPEN && !session.resume) session.ws.send(bytes);
+      return;
+    }
     if (session?.ws.readyState !== WebSocket.OPEN) return;
     if (!session.kubernetes) {
       if (stream === STDIN) session.ws.send(bytes);
@@ -161,7 +202,66 @@ export function connectTerminal(container, options = {}) {
   }
 
   function sendSize() {
+    if (session?.tp) {
+      sendControl({ type: "resize", cols: term.cols, rows: term.rows });
+      return;
+    }
     send(RESIZE, encoder.encode(JSON.stringify({ Width: term.cols, Height: term.rows })));
+  }
+
+  /** Drop kept input the upstream has got (the gateway's input offset). */
+  function trimInput(delivered) {
+    const kept = resumable.input;
+    while (kept.length && kept[0].offset + kept[0].bytes.length <= delivered) kept.shift();
+    if (kept.length && kept[0].offset < delivered) {
+      kept[0] = { offset: delivered, bytes: kept[0].bytes.subarray(delivered - kept[0].offset) };
+    }
+  }
+
+  function onControl(message) {
+    switch (message.type) {
+      case "hello": {
+        const resumed = message.resumed && resumable?.id === message.session;
+        if (!resumed) {
+          resumable = { id: message.session, token: message.token, received: 0, acked: 0, sent: 0, input: [] };
+        }
+        resumable.token = message.token;
+        if (message.reset) {
+          // Output was lost while away: start clean where the gateway's kept bytes begin.
+          term.reset();
+          session.decoders[STDOUT] = new TextDecoder();
+          term.write(`${DIM}[reconnected: some output was lost]${PLAIN}\r\n`);
+        }
+        resumable.received = message.offset;
+        resumable.acked = message.offset;
+        if (resumed) {
+          resumable.attempt = 0;
+          resumable.since = 0;
+          trimInput(message.input);
+          session.resume = false;
+          for (const { bytes } of resumable.input) session.ws.send(bytes);
+          sendSize();
+          setStatus({ state: "open", text: `connected (${session.ws.protocol})`, protocol: session.ws.protocol, resumed: true });
+          options.onResume?.({ session: message.session, reset: message.reset });
+        }
+        break;
+      }
+      case "exit":
+        reportExit(message.code, message.reason || `exit code ${message.code}`);
+        break;
+      case "expiry":
+        setStatus({ ...status, text: `session ends in ${Math.round(message.expires_in)} s`, expiry: message });
+        options.onExpiry?.(message);
+        break;
+      case "extension":
+        options.onExtension?.(message);
+        break;
+      case "ack":
+        if (resumable) trimInput(message.input);
+        break;
+      default:
+        break; // newer messages are ignored
+    }
   }
 
   function reportExit(code, reason) {
@@ -172,6 +272,28 @@ export function connectTerminal(container, options = {}) {
   }
 
   function onMessage(ws, event) {
+    if (session.tp) {
+      if (typeof event.data === "string") {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch {
+          return;
+        }
+        onControl(message);
+        return;
+      }
+      const bytes = new Uint8Array(event.data);
+      term.write(session.decoders[STDOUT].decode(bytes, { stream: true }));
+      if (resumable) {
+        resumable.received += bytes.length;
+        if (resumable.received - resumable.acked >= ACK_EVERY) {
+          resumable.acked = resumable.received;
+          sendControl({ type: "ack", received: resumable.received });
+        }
+      }
+      return;
+    }
     const data = typeof event.data === "string" ? encoder.encode(event.data) : new Uint8Array(event.data);
     if (!session.kubernetes) {
       term.write(session.decoders[STDOUT].decode(data, { stream: true }));
@@ -194,6 +316,16 @@ export function connectTerminal(container, options = {}) {
   }
 
   function onClose(ws, event) {
+    if (session.tp && resumable && event.code === 1006 && !session.exitReported) {
+      // The connection dropped (no close frame): the session waits for us on the gateway.
+      resumeLater();
+      return;
+    }
+    if (resumable && session.resume && event.code === 1006 && Date.now() - resumable.since < RESUME_FOR_MS) {
+      resumeLater();
+      return;
+    }
+    resumable = null;
     for (const stream of [STDOUT, STDERR]) term.write(session.decoders[stream].decode());
     const exitCode = handle.lastExit?.code ?? exitCodeFromReason(event.reason);
     if (exitCode !== null) reportExit(exitCode, event.reason || `exit code ${exitCode}`);
@@ -211,18 +343,37 @@ export function connectTerminal(container, options = {}) {
     options.onClose?.(closed);
   }
 
-  function connect() {
-    const ws = new WebSocket(url, protocols);
+  function resumeLater() {
+    if (!resumable.since) resumable.since = Date.now();
+    const attempt = (resumable.attempt = (resumable.attempt ?? 0) + 1);
+    const delay = Math.min(8000, 250 * 2 ** (attempt - 1));
+    setStatus({ state: "connecting", text: "connection lost; reconnecting…" });
+    const waiting = resumable;
+    resumable.timer = setTimeout(() => { if (resumable === waiting) connect(waiting); }, delay);
+  }
+
+  function connect(resume = null) {
+    const target = resume ? `${url}${url.includes("?") ? "&" : "?"}resume=${encodeURIComponent(resume.id)}` : url;
+    const ws = new WebSocket(target, resume ? [TERMINAL_PROXY] : protocols);
     ws.binaryType = "arraybuffer";
-    const decoders = { [STDOUT]: new TextDecoder(), [STDERR]: new TextDecoder() };
-    session = { ws, kubernetes: false, decoders, opened: false, exitReported: false };
-    handle.lastExit = null;
-    handle.lastClose = null;
+    const decoders = resume && session ? session.decoders : { [STDOUT]: new TextDecoder(), [STDERR]: new TextDecoder() };
+    session = { ws, kubernetes: false, tp: false, decoders, opened: false, exitReported: false, resume: !!resume };
+    if (!resume) {
+      resumable = null;
+      handle.lastExit = null;
+      handle.lastClose = null;
+    }
     // Events of a socket that reconnect() has replaced are ignored.
     const mine = (fn) => (event) => { if (session?.ws === ws) fn(ws, event); };
     ws.onopen = mine(() => {
       session.opened = true;
       session.kubernetes = KUBERNETES.has(ws.protocol);
+      session.tp = ws.protocol === TERMINAL_PROXY;
+      if (resume) {
+        // The first message of a resuming socket; output and input go on after the hello.
+        ws.send(JSON.stringify({ type: "resume", session: resume.id, token: resume.token, received: resume.received, sent: resume.sent }));
+        return;
+      }
       sendSize();
       term.focus();
       setStatus({ state: "open", text: `connected (${ws.protocol || "no subprotocol"})`, protocol: ws.protocol });
@@ -236,6 +387,8 @@ export function connectTerminal(container, options = {}) {
   function detach() {
     const old = session;
     session = null;
+    if (resumable) clearTimeout(resumable.timer);
+    resumable = null;
     if (old && old.ws.readyState <= WebSocket.OPEN) old.ws.close(1000, "reconnecting");
   }
 

@@ -294,7 +294,7 @@ class Session:
         if self.resumable:
             hello = Hello(self.id, self._new_token(), expires_in=self._remaining())
             await self._send_event(hello)
-        pump_browser = self._pump_browser_resumable if self.resumable else self._pump_browser
+        pump_browser = self._pump_browser_controls if self.controls else self._pump_browser
         tasks: list[asyncio.Task[Stop]] = [
             spawn(self._pump_upstream(), name=f"session-{self.id}-upstream-to-browser"),
             spawn(pump_browser(), name=f"session-{self.id}-browser-to-upstream"),
@@ -532,11 +532,12 @@ class Session:
             self.bytes_out += len(frame)
         return True
 
-    async def _pump_browser_resumable(self) -> Stop:
-        """Browser → upstream for a resumable session: reads whichever socket is attached.
+    async def _pump_browser_controls(self) -> Stop:
+        """Browser → upstream for v1.terminal-proxy: reads whichever socket is attached.
 
-        A socket that ends without a normal close (1000) detaches the session; the pump
-        then waits for the next attach. Control messages stay in the gateway.
+        When the session is resumable, a socket that ends without a normal close (1000)
+        detaches the session and the pump waits for the next attach. Control messages
+        (acks, extension requests) stay in the gateway.
         """
         upstream = self.upstream
         decode, encode = self.browser_codec.decode, self.upstream_codec.encode
@@ -564,8 +565,9 @@ class Session:
                     if kind is Stdin:
                         self.input_offset += len(event.data)  # type: ignore[union-attr]
                     elif kind is Ack:
-                        assert self._replay is not None and isinstance(event, Ack)
-                        self._replay.release(event.received or 0)
+                        assert isinstance(event, Ack)
+                        if self._replay is not None:
+                            self._replay.release(event.received or 0)
                         await self._send_event(Ack(input=self.input_offset))
                         continue
                     elif kind is ExtensionRequest:
@@ -584,8 +586,8 @@ class Session:
             if msg.type is WSMsgType.ERROR and _is_too_big(msg.data):
                 return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
             code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
-            if code == 1000:
-                return Stop(StopReason.BROWSER_LEFT, "browser closed (1000)")
+            if code == 1000 or not self.resumable:
+                return Stop(StopReason.BROWSER_LEFT, f"browser closed ({code})")
             self._detach(ws, f"browser connection lost ({code})")
 
     # Resume ------------------------------------------------------------------------

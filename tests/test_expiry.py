@@ -10,6 +10,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.termclient import open_term, wait_hello
+from tests.test_resume import drop
 
 LIMITS = {"max_duration": "1500ms", "expiry_warning": "700ms", "extension": "1s"}
 
@@ -65,3 +66,23 @@ async def test_no_time_limit_no_warning_and_no_extension(
     answer = await term.request_extension()
     assert (answer.granted, answer.reason) == (False, "this session has no time limit")
     assert term.controls == []
+
+
+async def test_extension_without_resume(
+    make_gateway: GatewayFactory, kube: Kube, browser: aiohttp.ClientSession
+) -> None:
+    """With resume off (no hello), a v1.terminal-proxy session still gets warnings and
+    extensions, and ends with its socket."""
+    server = await make_gateway(session=LIMITS | {"max_extensions": 1, "resume_grace": 0})
+    term = await open_term(browser, str(server.make_url(ENV_PATH)), TERMINAL_PROXY)
+    await term.next_control(ExpiryWarning)
+    assert term.hello is None
+    granted = await term.request_extension()
+    assert granted.granted
+    ack = await term.ack()
+    assert ack.input == 0
+    session = await kube.next_session()
+    await term.send_stdin(b"echo plain\r")
+    await term.read_until(b"\r\nplain\r\n")
+    drop(term)
+    await session.wait_closed()

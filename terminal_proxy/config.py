@@ -48,6 +48,7 @@ from .units import KiB, MiB, parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_ROUTES",
+    "PROVISION_KINDS",
     "SECRET_SIZE",
     "AuditConfig",
     "AuthorizationConfig",
@@ -60,6 +61,7 @@ __all__ = [
     "KubernetesClusterConfig",
     "KubernetesConfig",
     "KubernetesIdentityConfig",
+    "KubernetesNodeDebugConfig",
     "KubernetesProvisionConfig",
     "LimitsConfig",
     "ListenAddress",
@@ -86,7 +88,9 @@ LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
 LogFormat: TypeAlias = Literal["text", "json"]
 # Who decides on a route: the authorization API, or the gateway itself against a Kubernetes
 # cluster (an existing pod's container, or a terminal pod provisioned for the session).
-RouteKind: TypeAlias = Literal["authorization", "kubernetes", "kubernetes-provision"]
+RouteKind: TypeAlias = Literal[
+    "authorization", "kubernetes", "kubernetes-provision", "kubernetes-node-debug"
+]
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Size of the key GitLab Rails shares with Workhorse (``.gitlab_workhorse_secret``).
@@ -253,11 +257,18 @@ KUBERNETES_ROUTE_PATTERNS: Final[dict[str, str]] = {
         r"^/k8s-terminal/(?P<cluster>[a-z0-9][a-z0-9-]*)/(?P<namespace>[a-z0-9][a-z0-9-]*)"
         r"/terminal\.ws\Z"
     ),
+    "kubernetes-node-debug": (
+        r"^/k8s-node-debug/(?P<cluster>[a-z0-9][a-z0-9-]*)/(?P<namespace>[a-z0-9][a-z0-9-]*)"
+        r"/(?P<node>[a-z0-9][a-z0-9.-]*)/terminal\.ws\Z"
+    ),
 }
 _ROUTE_GROUPS: Final[dict[str, tuple[str, ...]]] = {
     "kubernetes": ("cluster", "namespace", "pod", "container"),
     "kubernetes-provision": ("cluster", "namespace"),
+    "kubernetes-node-debug": ("cluster", "namespace", "node"),
 }
+# Route kinds whose terminals the gateway provisions (and heartbeats, and cleans up).
+PROVISION_KINDS: Final = frozenset({"kubernetes-provision", "kubernetes-node-debug"})
 
 _LOOPBACK: Final[tuple[IPNetwork, ...]] = (
     ipaddress.IPv4Network("127.0.0.1/32"),
@@ -430,6 +441,15 @@ class KubernetesIdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesNodeDebugConfig:
+    # Groups (as the cluster sees them, groups_prefix included) whose members may open
+    # node-debug terminals (kind: kubernetes-node-debug); empty: nobody (disabled).
+    admin_groups: tuple[str, ...] = ()
+    # The node-debug pod's image; null: provision.image.
+    image: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class KubernetesProvisionConfig:
     # The role the session's ServiceAccount is bound to in the target namespace.
     role_kind: Literal["ClusterRole", "Role"] = "ClusterRole"
@@ -453,6 +473,8 @@ class KubernetesProvisionConfig:
     expiry: float = 1800.0
     cleanup_interval: float = 60.0
     ready_timeout: float = 120.0
+    # The privileged node-debug variant (hostPID, hostNetwork, the host's / at /host).
+    node_debug: KubernetesNodeDebugConfig = field(default_factory=KubernetesNodeDebugConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1242,7 +1264,9 @@ _ROUTE_ENTRY: Final = _Section(
     {
         "pattern": _scalar(_parse_pattern),
         "name": _scalar(_parse_route_name),
-        "kind": _scalar(_choice("authorization", "kubernetes", "kubernetes-provision")),
+        "kind": _scalar(
+            _choice("authorization", "kubernetes", "kubernetes-provision", "kubernetes-node-debug")
+        ),
     },
     _finish_route,
 )
@@ -1361,6 +1385,16 @@ def _url(value: object) -> str:
     return text.rstrip("/")
 
 
+def _admin_group(value: object) -> str:
+    group = _text(value, "a group name")
+    if group.startswith("system:"):
+        raise ValueError(
+            f"invalid admin group {group!r} (system: groups name every user or node; "
+            "name a group of your identity provider)"
+        )
+    return group
+
+
 def _finish_cluster(
     reader: _Reader,
     cluster: KubernetesClusterConfig,
@@ -1432,7 +1466,7 @@ def _finish_config(
     names = [cluster.name for cluster in kube.clusters]
     for name in sorted({n for n in names if names.count(n) > 1}):
         reader.report(nodes.get("kubernetes"), "kubernetes.clusters", f"duplicate name {name!r}")
-    if not kinds & {"kubernetes", "kubernetes-provision"}:
+    if not kinds & {"kubernetes", *PROVISION_KINDS}:
         return config
     where = nodes.get("routes")
     if not kube.clusters:
@@ -1445,10 +1479,20 @@ def _finish_config(
             "Kubernetes routes need a trusted identity: set user_header (with trusted_proxies) "
             "or jwt_keys_file",
         )
-    if "kubernetes-provision" in kinds:
+    if kinds & PROVISION_KINDS:
         provision = kube.provision
-        if provision.image is None:
+        if "kubernetes-provision" in kinds and provision.image is None:
             reader.report(where, "kubernetes.provision.image", "is required by provision routes")
+        if (
+            "kubernetes-node-debug" in kinds
+            and provision.image is None
+            and provision.node_debug.image is None
+        ):
+            reader.report(
+                where,
+                "kubernetes.provision.node_debug.image",
+                "node-debug routes need an image (this, or kubernetes.provision.image)",
+            )
         poll = config.authorization.poll_interval * (1 + config.authorization.poll_jitter)
         if not 0 < poll <= provision.heartbeat_timeout / 2:
             reader.report(
@@ -1521,6 +1565,13 @@ _KUBERNETES: Final = _Section(
                 "expiry": _POSITIVE,
                 "cleanup_interval": _POSITIVE,
                 "ready_timeout": _POSITIVE,
+                "node_debug": _Section(
+                    KubernetesNodeDebugConfig,
+                    {
+                        "admin_groups": _list(_admin_group, what="group names"),
+                        "image": _scalar(lambda v: None if v is None else _word(v)),
+                    },
+                ),
             },
             _finish_provision,
         ),

@@ -25,8 +25,12 @@ GROUPS_HEADER = "X-Forwarded-Groups"
 TERMINAL_VIEW = "terminal-view"
 
 
-def gateway_rbac(rbac: FakeRbac, *, provision: bool = False) -> None:
-    """Exactly the permissions docs/kubernetes.md says the gateway needs."""
+def gateway_rbac(rbac: FakeRbac, *, provision: bool = False, node_debug: bool = False) -> None:
+    """Exactly the permissions docs/kubernetes.md says the gateway needs (node-debug
+    routes: the provision rules and reading nodes)."""
+    if node_debug:
+        provision = True
+        rbac.allow(GATEWAY_USER, ["get"], ["nodes"])
     rbac.allow(GATEWAY_USER, ["create"], ["subjectaccessreviews"], groups=["authorization.k8s.io"])
     rbac.allow(GATEWAY_USER, ["impersonate"], ["users", "groups"])
     if provision:

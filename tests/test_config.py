@@ -162,6 +162,8 @@ DEFAULTS = [
     ("kubernetes.provision.expiry", 1800.0),
     ("kubernetes.provision.cleanup_interval", 60.0),
     ("kubernetes.provision.ready_timeout", 120.0),
+    ("kubernetes.provision.node_debug.admin_groups", ()),
+    ("kubernetes.provision.node_debug.image", None),
 ]
 
 
@@ -286,6 +288,9 @@ kubernetes:
     expiry: 1h
     cleanup_interval: 30s
     ready_timeout: 1m
+    node_debug:
+      admin_groups: [sre, "oidc:platform"]
+      image: registry.example/node-debug:1
 """
 
 EVERY_KEY = [
@@ -389,6 +394,8 @@ EVERY_KEY = [
     ("kubernetes.provision.expiry", 3600.0),
     ("kubernetes.provision.cleanup_interval", 30.0),
     ("kubernetes.provision.ready_timeout", 60.0),
+    ("kubernetes.provision.node_debug.admin_groups", ("sre", "oidc:platform")),
+    ("kubernetes.provision.node_debug.image", "registry.example/node-debug:1"),
 ]
 
 

@@ -138,3 +138,20 @@ async def test_get_list_and_delete_with_garbage_collection(
     result = await kubectl.run("get", "secret", "child")
     assert result.returncode == 1
     assert 'secrets "child" not found' in result.err, result
+
+
+async def test_get_nodes(kubectl: Kubectl, ckube: ClusterKube) -> None:
+    """Nodes (cluster-scoped, what node-debug terminals check) as kubectl reads them."""
+    ckube.fake.add_node("node-1")
+    result = await kubectl.run("get", "nodes", "-o", "name")
+    assert result.returncode == 1, result
+    assert 'User "' + GATEWAY_USER + '" cannot list resource "nodes"' in result.err, result
+    assert "at the cluster scope" in result.err, result
+    ckube.fake.rbac.allow(GATEWAY_USER, ["get", "list"], ["nodes"])
+    result = await kubectl.run("get", "nodes", "-o", "name")
+    assert (result.returncode, result.out.split()) == (0, ["node/node-1"]), result
+    result = await kubectl.run("get", "node", "node-1", "-o", "jsonpath={.metadata.name}")
+    assert (result.returncode, result.out) == (0, "node-1"), result
+    result = await kubectl.run("get", "node", "node-9")
+    assert result.returncode == 1
+    assert 'nodes "node-9" not found' in result.err, result

@@ -2,7 +2,8 @@
 
 Routes of ``kind: authorization`` (every default route) go to the configured authorization
 API; ``kind: kubernetes`` to :class:`~.kubernetes.KubernetesAuthorizer`;
-``kind: kubernetes-provision`` to :class:`~terminal_proxy.provision.ProvisionAuthorizer`.
+``kind: kubernetes-provision`` and ``kind: kubernetes-node-debug`` to one
+:class:`~terminal_proxy.provision.ProvisionAuthorizer` (one cleanup loop for both).
 The route is found the way the gateway finds it (first pattern that matches the path).
 """
 
@@ -12,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 
-from ..config import Config, UpstreamConfig
+from ..config import PROVISION_KINDS, Config, UpstreamConfig
 from . import Authorizer, BrowserRequest, Grant, PassBack
 from .kubernetes import Cluster, KubernetesAuthorizer, load_clusters, match_route, passback
 
@@ -62,7 +63,8 @@ class RoutingAuthorizer:
 
     async def aclose(self) -> None:
         try:
-            for authorizer in self._by_kind.values():
+            # One authorizer may serve several kinds: close each once.
+            for authorizer in {id(a): a for a in self._by_kind.values()}.values():
                 await authorizer.aclose()
         finally:
             for cluster in self._clusters.values():
@@ -82,12 +84,13 @@ async def with_kubernetes(
         kinds = {route.kind for route in config.routes}
         if "kubernetes" in kinds:
             by_kind["kubernetes"] = KubernetesAuthorizer(config, clusters)
-        if "kubernetes-provision" in kinds:
+        if kinds & PROVISION_KINDS:
             from ..provision import ProvisionAuthorizer
 
             provisioner = ProvisionAuthorizer(config, clusters)
             await provisioner.start()
-            by_kind["kubernetes-provision"] = provisioner
+            for kind in kinds & PROVISION_KINDS:
+                by_kind[kind] = provisioner
     except BaseException:
         for cluster in clusters.values():
             await cluster.aclose()

@@ -16,12 +16,20 @@ For ``kind: kubernetes-provision`` routes (``/k8s-terminal/<cluster>/<namespace>
    cleanup loop deletes terminals whose heartbeat is older than ``heartbeat_timeout`` or
    whose expiry has passed. All state lives in the cluster, so a restarted gateway (or
    another replica) cleans up what an earlier one created; deletes are idempotent.
+
+``kind: kubernetes-node-debug`` routes (``/k8s-node-debug/<cluster>/<namespace>/<node>/
+terminal.ws``) get the node-debug variant: a privileged pod on ``<node>`` with the host's
+PID, network and IPC namespaces and its ``/`` at ``/host``. Only members of
+``provision.node_debug.admin_groups`` may have one (403 for anyone else, before any API
+request); the reviews also require ``create pods`` in the namespace; a node that does not
+exist is a 404. Same parent, heartbeat, expiry and cleanup as every terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -48,12 +56,13 @@ from ..authorization.kubernetes import (
     status_message,
 )
 from ..channel import ConnectionDetails
-from ..config import Config, IPNetwork, KubernetesProvisionConfig
+from ..config import PROVISION_KINDS, Config, IPNetwork, KubernetesProvisionConfig
 from ..errors import AuthorizationUnavailable
 from ..tasks import cancel_and_wait, spawn
 from .manifests import (
     ANNOTATION_EXPIRES,
     ANNOTATION_HEARTBEAT,
+    ANNOTATION_NODE,
     ANNOTATION_USER,
     CONTAINER,
     LABEL_USER,
@@ -73,6 +82,8 @@ _NAMES = {
     "ca_pem": "cluster certificate-authority",
     "max_session_time": "kubernetes.provision.expiry",
 }
+# A node's name (a DNS subdomain).
+_NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 # Waiting reasons that mean the pod will not start by itself.
 _PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 _START_FAILURES = frozenset(
@@ -95,6 +106,16 @@ class ProvisionFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class _Target:
+    """What a request asks for: a terminal in ``namespace`` (on ``node``: node-debug)."""
+
+    cluster: Cluster
+    identity: Identity
+    namespace: str
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Terminal:
     """A provisioned terminal: its parent's name and when it expires."""
 
@@ -103,6 +124,7 @@ class Terminal:
     name: str
     user: str
     expires_at: float
+    node: str | None = None
 
 
 def _annotation(obj: Any, key: str) -> str:
@@ -128,9 +150,9 @@ class ProvisionAuthorizer:
         self._tasks: list[asyncio.Task[None]] = []
         # Wall clock (annotations hold Unix seconds); tests move it.
         self.clock: Callable[[], float] = lambda: wall_clock()
-        # Serialises provisioning per (cluster, namespace, user): two tabs opened at once
-        # get one terminal.
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # Serialises provisioning per (cluster, namespace, user, node or ""): two tabs
+        # opened at once get one terminal.
+        self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -182,17 +204,24 @@ class ProvisionAuthorizer:
         target = self._target(request)
         if isinstance(target, PassBack):
             return target
-        cluster, identity, namespace = target
-        denied = await review(cluster, identity, [_exec_check(namespace)])
+        cluster, identity, namespace, node = (
+            target.cluster,
+            target.identity,
+            target.namespace,
+            target.node,
+        )
+        denied = await self._allowed(target)
         if denied is not None:
             return denied
-        key = (cluster.name, namespace, identity.user)
+        key = (cluster.name, namespace, identity.user, node or "")
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
+            if node is not None:
+                await self._check_node(cluster, node)
             async with lock:
-                terminal = await self._find(cluster, namespace, identity.user)
+                terminal = await self._find(cluster, namespace, identity.user, node)
                 if terminal is None:
-                    terminal = await self._provision(cluster, namespace, identity.user)
+                    terminal = await self._provision(cluster, namespace, identity.user, node)
         except ProvisionFailed as exc:
             log.warning(
                 "cluster %s: provisioning for %s failed: %s",
@@ -220,10 +249,10 @@ class ProvisionAuthorizer:
         target = self._target(request)
         if isinstance(target, PassBack):
             return target
-        cluster, identity, namespace = target
+        cluster, identity, namespace = target.cluster, target.identity, target.namespace
         if identity.user != grant.user or identity.groups != grant.groups:
             return passback(403, "the user identity changed")
-        denied = await review(cluster, identity, [_exec_check(namespace)])
+        denied = await self._allowed(target)
         if denied is not None:
             return denied
         pod = grant.details.target.pod
@@ -256,9 +285,9 @@ class ProvisionAuthorizer:
     async def aclose_terminal(self, cluster: Cluster, namespace: str, name: str) -> None:
         await _delete_parent(k8s.CoreV1Api(cluster.api), namespace, name)
 
-    def _target(self, request: BrowserRequest) -> tuple[Cluster, Identity, str] | PassBack:
+    def _target(self, request: BrowserRequest) -> _Target | PassBack:
         found = match_route(self._routes, request.path)
-        if found is None or found[0].kind != "kubernetes-provision":
+        if found is None or found[0].kind not in PROVISION_KINDS:
             return passback(404, "not a provisioned-terminal route")
         groups = found[1].groupdict()
         cluster = self._clusters.get(groups["cluster"])
@@ -267,12 +296,88 @@ class ProvisionAuthorizer:
         identity = self._identity.identify(request)
         if isinstance(identity, PassBack):
             return identity
-        return cluster, identity, groups["namespace"]
+        node = None
+        if found[0].kind == "kubernetes-node-debug":
+            node = groups.get("node") or ""
+            if not _NODE_NAME.fullmatch(node):
+                return passback(404, f"invalid node name {node!r}")
+        return _Target(cluster, identity, groups["namespace"], node)
+
+    async def _allowed(self, target: _Target) -> PassBack | None:
+        """The admin-group rule of node-debug terminals, then the access reviews; None if
+        the user may have the terminal."""
+        checks = [_exec_check(target.namespace)]
+        if target.node is not None:
+            refused = self._refuse_node_debug(target)
+            if refused is not None:
+                return refused
+            # Like kubectl debug node, as the user: create the pod, and exec into it.
+            checks.insert(0, AccessCheck("create", "pods", target.namespace))
+        return await review(target.cluster, target.identity, checks)
+
+    def _refuse_node_debug(self, target: _Target) -> PassBack | None:
+        admin_groups = self._config.node_debug.admin_groups
+        user = target.identity.user
+        if not admin_groups:
+            log.info("node-debug terminal for %s refused: no admin groups configured", user)
+            return passback(
+                403,
+                "node-debug terminals are disabled on this gateway "
+                "(kubernetes.provision.node_debug.admin_groups is empty)",
+            )
+        if set(admin_groups) & set(target.identity.groups):
+            return None
+        log.info(
+            "node-debug terminal on %s for %s refused: not in an admin group (%s)",
+            target.node,
+            user,
+            ", ".join(admin_groups),
+        )
+        return passback(
+            403,
+            f"user {user!r} may not open a node-debug terminal on node {target.node}: "
+            "not a member of an admin group (kubernetes.provision.node_debug.admin_groups)",
+        )
+
+    async def _check_node(self, cluster: Cluster, node: str) -> None:
+        """ProvisionFailed 404 unless ``node`` exists (before anything is created)."""
+        core = k8s.CoreV1Api(cluster.api)
+        try:
+            await core.read_node(node, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            message = status_message(exc)
+            detail = f"get nodes/{node} answered {exc.status}: {message}"
+            if exc.status == 404:
+                raise ProvisionFailed(
+                    passback(404, f"node {node} not found in cluster {cluster.name}"), detail
+                ) from exc
+            if exc.status in (401, 403):
+                raise ProvisionFailed(
+                    passback(
+                        502,
+                        f"the gateway may not get nodes in cluster {cluster.name} "
+                        f"(check its RBAC): {message}",
+                    ),
+                    detail,
+                ) from exc
+            raise ProvisionFailed(
+                passback(
+                    502,
+                    f"cluster {cluster.name} refused to get node {node}: "
+                    f"HTTP {exc.status}: {message}",
+                ),
+                detail,
+            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _unreachable(cluster, exc) from exc
 
     # Provisioning -------------------------------------------------------------------------
 
-    async def _find(self, cluster: Cluster, namespace: str, user: str) -> Terminal | None:
-        """The user's live terminal in ``namespace`` (a reconnect), if there is one."""
+    async def _find(
+        self, cluster: Cluster, namespace: str, user: str, node: str | None = None
+    ) -> Terminal | None:
+        """The user's live terminal in ``namespace`` (a reconnect), if there is one: of the
+        same variant (a normal terminal, or node-debug on the same node)."""
         core = k8s.CoreV1Api(cluster.api)
         try:
             listed = await core.list_namespaced_service_account(
@@ -289,16 +394,20 @@ class ProvisionAuthorizer:
             expires = _number(_annotation(parent, ANNOTATION_EXPIRES))
             if _annotation(parent, ANNOTATION_USER) != user or expires - now < 60:
                 continue
+            if _annotation(parent, ANNOTATION_NODE) != (node or ""):
+                continue
             name = parent.metadata.name
             try:
                 pod = await core.read_namespaced_pod(name, namespace, _request_timeout=API_TIMEOUT)
             except ApiException:
                 continue
             if _ready(pod):
-                return Terminal(cluster.name, namespace, name, user, expires)
+                return Terminal(cluster.name, namespace, name, user, expires, node)
         return None
 
-    async def _provision(self, cluster: Cluster, namespace: str, user: str) -> Terminal:
+    async def _provision(
+        self, cluster: Cluster, namespace: str, user: str, node: str | None = None
+    ) -> Terminal:
         objects = SessionObjects(
             self._config,
             secrets.token_hex(5),
@@ -306,6 +415,7 @@ class ProvisionAuthorizer:
             user,
             self.clock(),
             api_server_cidrs=self._api_cidrs(cluster),
+            node=node,
         )
         core = k8s.CoreV1Api(cluster.api)
         rbac = k8s.RbacAuthorizationV1Api(cluster.api)
@@ -320,6 +430,15 @@ class ProvisionAuthorizer:
             )
             created = True
             owner = objects.owner(parent.metadata.uid)
+            if node is not None:
+                # Node-debug: the parent and the privileged pod, nothing else.
+                step = "create pods"
+                await core.create_namespaced_pod(
+                    namespace, objects.node_debug_pod(owner), _request_timeout=timeout
+                )
+                step = "wait for the pod"
+                await self._wait_ready(cluster, core, namespace, name)
+                return self._provisioned(cluster, objects)
             step = "create rolebindings"
             await rbac.create_namespaced_role_binding(
                 namespace, objects.role_binding(owner), _request_timeout=timeout
@@ -351,10 +470,26 @@ class ProvisionAuthorizer:
             ):
                 raise _unreachable(cluster, exc) from exc
             raise
+        return self._provisioned(cluster, objects)
+
+    def _provisioned(self, cluster: Cluster, objects: SessionObjects) -> Terminal:
+        on = "" if objects.node is None else f" (node-debug on node {objects.node})"
         log.info(
-            "cluster %s: provisioned terminal %s/%s for %s", cluster.name, namespace, name, user
+            "cluster %s: provisioned terminal %s/%s for %s%s",
+            cluster.name,
+            objects.namespace,
+            objects.name,
+            objects.user,
+            on,
         )
-        return Terminal(cluster.name, namespace, name, user, objects.expires_at)
+        return Terminal(
+            cluster.name,
+            objects.namespace,
+            objects.name,
+            objects.user,
+            objects.expires_at,
+            objects.node,
+        )
 
     async def _wait_ready(self, cluster: Cluster, core: Any, namespace: str, name: str) -> None:
         ready_timeout = self._config.ready_timeout
@@ -407,6 +542,15 @@ class ProvisionAuthorizer:
     ) -> ProvisionFailed:
         message = status_message(exc)
         detail = f"{step} in {namespace} answered {exc.status}: {message}"
+        if exc.status == 403 and "violates PodSecurity" in message:
+            return ProvisionFailed(
+                passback(
+                    403,
+                    f"namespace {namespace}'s Pod Security admission refuses the terminal pod: "
+                    f"{message}",
+                ),
+                detail,
+            )
         if exc.status == 403 and "exceeded quota" in message:
             return ProvisionFailed(
                 passback(429, f"namespace {namespace} is over its resource quota: {message}"),

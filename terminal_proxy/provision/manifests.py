@@ -16,6 +16,15 @@ Pod                       the tools image, non-root, no privilege escalation, al
                           capabilities dropped, no service-account token
                           automount, limits, ``activeDeadlineSeconds`` = expiry
 ========================  =====================================================
+
+The node-debug variant (``node`` set) is the parent and one Pod only, shaped like the pod
+``kubectl debug node/<node> --profile=sysadmin`` creates: pinned to the node
+(``nodeName``), ``hostPID``, ``hostNetwork``, ``hostIPC``, the host's ``/`` mounted
+read-write at ``/host``, a privileged container, tolerating every taint. No RoleBinding,
+token or kubeconfig (root on the node needs no API credentials from the gateway), and no
+NetworkPolicy (it does not apply to host-network pods). Its objects carry the label
+``terminal-proxy.dev/variant: node-debug`` and the parent the annotation
+``terminal-proxy.dev/node``.
 """
 
 from __future__ import annotations
@@ -31,11 +40,14 @@ from ..config import IPNetwork, KubernetesProvisionConfig
 __all__ = [
     "ANNOTATION_EXPIRES",
     "ANNOTATION_HEARTBEAT",
+    "ANNOTATION_NODE",
     "ANNOTATION_USER",
     "CONTAINER",
     "LABEL_SESSION",
     "LABEL_USER",
+    "LABEL_VARIANT",
     "MANAGED_SELECTOR",
+    "NODE_DEBUG",
     "SessionObjects",
     "user_label",
 ]
@@ -48,6 +60,11 @@ LABEL_USER = f"{PREFIX}/user-hash"
 ANNOTATION_USER = f"{PREFIX}/user"
 ANNOTATION_HEARTBEAT = f"{PREFIX}/heartbeat"
 ANNOTATION_EXPIRES = f"{PREFIX}/expires-at"
+# The node-debug variant: a label on all its objects, the node's name on the parent.
+LABEL_VARIANT = f"{PREFIX}/variant"
+NODE_DEBUG = "node-debug"
+ANNOTATION_NODE = f"{PREFIX}/node"
+HOST_MOUNT = "/host"
 MANAGED_SELECTOR = f"{LABEL_MANAGED}=terminal-proxy,{LABEL_COMPONENT}=terminal-session"
 CONTAINER = "terminal"
 _KUBECONFIG_DIR = "/etc/terminal-proxy"
@@ -68,6 +85,8 @@ class SessionObjects:
     user: str
     now: float
     api_server_cidrs: tuple[IPNetwork, ...] = ()
+    # The node-debug variant: the node the pod runs on (None: a normal terminal).
+    node: str | None = None
 
     @property
     def name(self) -> str:
@@ -78,12 +97,15 @@ class SessionObjects:
         return self.now + self.config.expiry
 
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_MANAGED: "terminal-proxy",
             LABEL_COMPONENT: "terminal-session",
             LABEL_SESSION: self.session_id,
             LABEL_USER: user_label(self.user),
         }
+        if self.node is not None:
+            labels[LABEL_VARIANT] = NODE_DEBUG
+        return labels
 
     def _meta(self, owner: dict[str, Any] | None) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -102,6 +124,8 @@ class SessionObjects:
             ANNOTATION_HEARTBEAT: str(int(self.now)),
             ANNOTATION_EXPIRES: str(int(self.expires_at)),
         }
+        if self.node is not None:
+            meta["annotations"][ANNOTATION_NODE] = self.node
         return {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
@@ -263,5 +287,49 @@ class SessionObjects:
                         "secret": {"secretName": self.name, "defaultMode": 0o440},
                     }
                 ],
+            },
+        }
+
+    def node_debug_pod(self, owner: dict[str, Any]) -> dict[str, Any]:
+        """The node-debug pod: what ``kubectl debug node/<node> --profile=sysadmin`` makes."""
+        assert self.node is not None
+        config = self.config
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": self._meta(owner),
+            "spec": {
+                "serviceAccountName": self.name,
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "restartPolicy": "Never",
+                "activeDeadlineSeconds": int(config.expiry) + 60,
+                "terminationGracePeriodSeconds": 5,
+                # On exactly this node, whatever its taints; in the host's namespaces.
+                "nodeName": self.node,
+                "tolerations": [{"operator": "Exists"}],
+                "hostPID": True,
+                "hostNetwork": True,
+                "hostIPC": True,
+                "containers": [
+                    {
+                        "name": CONTAINER,
+                        "image": config.node_debug.image or config.image,
+                        "imagePullPolicy": config.image_pull_policy,
+                        "command": list(config.command),
+                        "stdin": True,
+                        "tty": True,
+                        "volumeMounts": [{"name": "host-root", "mountPath": HOST_MOUNT}],
+                        "resources": {
+                            "requests": {
+                                "cpu": config.cpu_request,
+                                "memory": config.memory_request,
+                            },
+                            "limits": {"cpu": config.cpu_limit, "memory": config.memory_limit},
+                        },
+                        "securityContext": {"privileged": True},
+                    }
+                ],
+                "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
             },
         }

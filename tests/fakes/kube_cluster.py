@@ -20,6 +20,10 @@ as strictly as the real server where it matters:
 * **Pods** become exec-able :class:`FakePod` s; ``pull_failing_images`` never start
   (``ErrImagePull``), ``pending_images`` stay Pending; ``pod_quota`` limits pods per
   namespace with the real "exceeded quota" 403.
+* **Nodes** (cluster-scoped; ``add_node``): get / list / watch / delete. A pod whose
+  ``nodeName`` names no node stays Pending, as no kubelet picks it up.
+* **Pod Security admission**: namespaces in ``pod_security_baseline`` refuse pods with
+  host namespaces, privileged containers or hostPath volumes with the real 403.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("", "pods"): ("v1", "Pod"),
     (_RBAC, "rolebindings"): (f"{_RBAC}/v1", "RoleBinding"),
     (_NETWORKING, "networkpolicies"): (f"{_NETWORKING}/v1", "NetworkPolicy"),
+    ("", "nodes"): ("v1", "Node"),
 }
+_CLUSTER_SCOPED = frozenset({("", "nodes")})
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,27 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
         elif term not in labels:
             return False
     return True
+
+
+def _baseline_violations(spec: dict[str, Any]) -> list[str]:
+    """What the Pod Security "baseline" level refuses in a pod (the subset the fake checks),
+    worded like the API server's admission message."""
+    violations = []
+    host = [f"{key}=true" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
+    if host:
+        violations.append(f"host namespaces ({', '.join(host)})")
+    privileged = [
+        f'container "{c.get("name")}" must not set securityContext.privileged=true'
+        for c in spec.get("containers") or []
+        if (c.get("securityContext") or {}).get("privileged")
+    ]
+    if privileged:
+        violations.append(f"privileged ({', '.join(privileged)})")
+    paths = [f'"{v.get("name")}"' for v in spec.get("volumes") or [] if "hostPath" in v]
+    if paths:
+        volume = "volume" if len(paths) == 1 else "volumes"
+        violations.append(f"hostPath volumes ({volume} {', '.join(paths)})")
+    return violations
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -274,11 +301,13 @@ class FakeCluster:
         pull_failing_images: Iterable[str] = (),
         pending_images: Iterable[str] = (),
         pod_quota: dict[str, int] | None = None,
+        pod_security_baseline: Iterable[str] = (),
     ) -> None:
         self.rbac = rbac or FakeRbac()
         self.pull_failing_images = set(pull_failing_images)
         self.pending_images = set(pending_images)
         self.pod_quota = dict(pod_quota or {})
+        self.pod_security_baseline = set(pod_security_baseline)
         # (group, plural, namespace, name) → object
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self._version = 1000
@@ -384,6 +413,8 @@ class FakeCluster:
             namespace, rest = rest[1], rest[2:]
         if not rest or (group, rest[0]) not in _KINDS:
             return None
+        if namespace and (group, rest[0]) in _CLUSTER_SCOPED:
+            return None  # a cluster-scoped kind has no namespaced path: the base 404
         plural = rest[0]
         name = rest[1] if len(rest) >= 2 else ""
         sub = rest[2] if len(rest) >= 3 else ""
@@ -561,9 +592,10 @@ class FakeCluster:
         problem = self._validate(kind, body, user, groups, namespace)
         if problem is not None:
             return problem
+        if (group, plural) not in _CLUSTER_SCOPED:
+            meta["namespace"] = namespace
         meta.update(
             name=name,
-            namespace=namespace,
             uid=str(uuid.uuid4()),
             resourceVersion=self._next_version(),
             creationTimestamp=_CREATED,
@@ -603,6 +635,15 @@ class FakeCluster:
                 return _status(
                     422, "Invalid", f'Pod "{name}" is invalid: spec.containers: Required value'
                 )
+            if namespace in self.pod_security_baseline:
+                violations = _baseline_violations(body.get("spec") or {})
+                if violations:
+                    return _status(
+                        403,
+                        "Forbidden",
+                        f'pods "{name}" is forbidden: violates PodSecurity "baseline:latest": '
+                        + ", ".join(violations),
+                    )
             quota = self.pod_quota.get(namespace)
             used = len(self.named("pods", namespace))
             if quota is not None and used >= quota:
@@ -613,6 +654,24 @@ class FakeCluster:
                     f"pods=1, used: pods={used}, limited: pods={quota}",
                 )
         return None
+
+    def add_node(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """A Ready node (tests set up the cluster with these)."""
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": _CREATED,
+            },
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+        self.objects[("", "nodes", "", name)] = node
+        return node
 
     def _start_pod(self, pod: dict[str, Any]) -> None:
         from .kube_apiserver import FakeContainer, FakePod
@@ -641,7 +700,10 @@ class FakeCluster:
                 ],
             }
             return
-        if image in self.pending_images:
+        node = spec.get("nodeName")
+        if image in self.pending_images or (
+            node is not None and ("", "nodes", "", node) not in self.objects
+        ):
             pod["status"] = {"phase": "Pending"}
             return
         spec.setdefault("nodeName", "fake-node")
@@ -750,7 +812,7 @@ class FakeCluster:
             return self._not_found(plural, name)
         meta = body.get("metadata") or {}
         for locked in ("name", "namespace", "uid"):
-            if locked in meta and meta[locked] != obj["metadata"][locked]:
+            if locked in meta and meta[locked] != obj["metadata"].get(locked):
                 return _status(422, "Invalid", f"metadata.{locked}: field is immutable")
         patched = _merge_patch(obj, body)
         patched["metadata"]["resourceVersion"] = self._next_version()

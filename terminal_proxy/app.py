@@ -17,6 +17,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 from yarl import URL
@@ -39,6 +40,7 @@ from .errors import (
 )
 from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
+from .recording import Recorder, RecordingSettings
 from .replay import ReplayBudget
 from .resume import remember_end, resume_session
 from .session import Session, SessionLimits, Stop, StopReason
@@ -124,6 +126,8 @@ def build_app(
     gateway = Gateway(config, authorizer=authorizer, reuse_port=reuse_port)
     app[GATEWAY] = gateway
     gateway.replay_budget.cap = config.session.resume_memory_cap
+    if config.recording.routes and config.recording.dir is None:
+        raise ValueError("recording.routes is set but recording.dir is not")
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/readiness", _readiness)
     if extra_routes is not None:
@@ -356,6 +360,8 @@ async def _terminal(
     user_key, (browser, session, fields) = opened
 
     fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
+    if route in config.recording.routes:
+        _start_recording(gateway, session, fields)
     session_log.info("session opened", extra={"fields": fields})
     assert gateway.audit is not None
     gateway.audit.emit("session_open", fields)
@@ -482,6 +488,31 @@ async def _handshake(
     fields = _session_fields(route, browser_request, answer, chosen, upstream.subprotocol)
     fields["session"] = request_id
     return user_key, (browser, session, fields)
+
+
+def _start_recording(gateway: Gateway, session: Session, fields: dict[str, object]) -> None:
+    """Start the session's recording (docs/recording.md); apply the policy on failure."""
+    config = gateway.config.recording
+    assert config.dir is not None and gateway.audit is not None
+    settings = RecordingSettings(
+        Path(config.dir),
+        max_size=config.max_size,
+        spool_quota=config.spool_quota,
+        required=config.policy == "required",
+        record_input=config.input,
+    )
+    try:
+        recorder = Recorder.start(settings, session.id, dict(fields))
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        log.warning("session %s: recording could not start: %s", session.id, error)
+        if settings.required:
+            session.request_stop(Stop(StopReason.RECORDING_FAILED, error))
+        else:
+            gateway.audit.emit("recording_failed", {"session": session.id, "error": error})
+        return
+    fields["recording"] = recorder.path.name
+    session.start_recording(recorder, gateway.audit.emit)
 
 
 def _browser_socket(config: Config, chosen: str) -> BrowserSocket:

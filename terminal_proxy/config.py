@@ -70,6 +70,7 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "Problem",
+    "RecordingConfig",
     "RouteConfig",
     "RouteKind",
     "Secret",
@@ -401,6 +402,23 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingConfig:
+    # Route names whose sessions are recorded (asciicast v2 + metadata JSON); []: none.
+    routes: tuple[str, ...] = ()
+    # Spool directory; required when routes is not empty.
+    dir: str | None = None
+    # Cap on one recording, bytes (a marker says it was truncated).
+    max_size: int = 64 * 1024 * KiB
+    # Cap on the spool; the oldest finished recordings are deleted to make room.
+    spool_quota: int = 1024 * 1024 * KiB
+    # required: a session that cannot be recorded is ended (4011); best_effort: it goes on
+    # unrecorded and an audit event says so.
+    policy: str = "best_effort"
+    # Record what the user types too (passwords typed at prompts included).
+    input: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "info"
     format: LogFormat = "text"
@@ -504,6 +522,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def with_overrides(
@@ -1661,6 +1680,17 @@ _CONFIG: Final = _Section(
         ),
         "metrics": _Section(MetricsConfig, {"listen": _scalar(_optional_listen)}),
         "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
+        "recording": _Section(
+            RecordingConfig,
+            {
+                "routes": _list(_text, what="route names"),
+                "dir": _scalar(_optional_text),
+                "max_size": _SIZE,
+                "spool_quota": _SIZE,
+                "policy": _scalar(_choice("best_effort", "required")),
+                "input": _BOOLEAN,
+            },
+        ),
         "kubernetes": _KUBERNETES,
     },
     _finish_config,

@@ -21,7 +21,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +41,12 @@ from .protocols import (
     Hello,
     Output,
     ProtocolError,
+    Resize,
     Resume,
     Stdin,
     StdinClosed,
 )
+from .recording import Recorder
 from .replay import ReplayBudget, ReplayBuffer
 from .tasks import cancel_and_wait, spawn
 
@@ -92,6 +94,7 @@ class StopReason(enum.Enum):
     RESUME_UNKNOWN = "resume_unknown"
     RESUME_BAD_TOKEN = "resume_bad_token"  # noqa: S105 (a stop reason)
     RESUME_FORBIDDEN = "resume_forbidden"
+    RECORDING_FAILED = "recording_failed"
 
 
 # reason → (browser code, browser reason, upstream code). The one table of close codes;
@@ -115,6 +118,7 @@ CLOSE_CODES: dict[StopReason, tuple[int, str, int]] = {
     StopReason.RESUME_UNKNOWN: (4008, "no such session to resume", 1000),
     StopReason.RESUME_BAD_TOKEN: (4009, "resume refused: invalid token", 1000),
     StopReason.RESUME_FORBIDDEN: (4010, "resume refused: {detail}", 1000),
+    StopReason.RECORDING_FAILED: (4011, "recording failed", 1000),
 }
 # The upstream's end that a detached session waits out (within the resume grace) so a
 # returning browser still gets the last output and the exit status.
@@ -251,12 +255,24 @@ class Session:
         self._warn_timer: asyncio.TimerHandle | None = None
         self._extensions = 0
         self._control_tasks: set[asyncio.Task[None]] = set()
+        # Recording (docs/recording.md) and where best-effort failures are reported.
+        self._recorder: Recorder | None = None
+        self._audit: Callable[[str, dict[str, object]], None] | None = None
+        self.recording_failure: str | None = None
 
     # Public API -----------------------------------------------------------------
 
     @property
     def grant(self) -> Grant:
         return self._grant
+
+    def start_recording(
+        self, recorder: Recorder, audit: Callable[[str, dict[str, object]], None] | None
+    ) -> None:
+        """Record this session with ``recorder`` (before ``run``); ``audit`` gets
+        best-effort failures."""
+        self._recorder = recorder
+        self._audit = audit
 
     @property
     def detached(self) -> bool:
@@ -267,6 +283,7 @@ class Session:
         try:
             return await self._run()
         finally:
+            self._finish_recording()
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -423,6 +440,8 @@ class Session:
     async def _send_output(self, chunks: list[bytes], stream: int) -> bool:
         """Send gathered output as one event; False when the browser is gone."""
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._recorder is not None:
+            self._record_output(data, stream)
         if self._replay is not None:
             return await self._send_output_resumable(data, stream)
         for opcode, frame in self.browser_codec.encode(Output(data, stream)):
@@ -449,6 +468,8 @@ class Session:
                 except ProtocolError as exc:
                     return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
                 for event in events:
+                    if self._recorder is not None:
+                        self._record_browser(event)
                     for opcode, data in encode(event):
                         try:
                             await upstream.send_frame(data, WSMsgType(opcode))
@@ -561,6 +582,8 @@ class Session:
                 except ProtocolError as exc:
                     return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
                 for event in events:
+                    if self._recorder is not None:
+                        self._record_browser(event)
                     kind = type(event)
                     if kind is Stdin:
                         self.input_offset += len(event.data)  # type: ignore[union-attr]
@@ -624,6 +647,7 @@ class Session:
         self._detached_at = loop.time()
         grace = self._limits.resume_grace
         log.info("session %s: browser detached (%s); resumable for %gs", self.id, detail, grace)
+        self._record_marker(f"browser detached ({detail})")
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         stop = Stop(StopReason.RESUME_EXPIRED, f"no resume within {grace:g}s")
@@ -694,6 +718,7 @@ class Session:
         self._releases.append((ws, release))
         if self._lingering is not None and not self._lingering.done():
             self._lingering.set_result(None)
+        self._record_marker("resumed" + (" (the browser lost some output)" if missed.reset else ""))
         log.info(
             "session %s: resumed (offset %d, replayed %d bytes%s)",
             self.id,
@@ -826,7 +851,73 @@ class Session:
         self._deadline += self._limits.extension
         self._limit_total += self._limits.extension
         self._schedule_deadline()
+        self._record_marker(f"session extended by {self._limits.extension:g}s")
         return ExtensionAnswer(True, self._remaining())
+
+    # Recording -----------------------------------------------------------------------
+
+    def _record_output(self, data: bytes, stream: int) -> None:
+        assert self._recorder is not None
+        try:
+            self._recorder.output(data, stream)
+        except OSError as exc:
+            self._recording_failed(exc)
+
+    def _record_browser(self, event: Event) -> None:
+        assert self._recorder is not None
+        try:
+            if type(event) is Stdin:
+                self._recorder.input(event.data)
+            elif type(event) is Resize:
+                self._recorder.resize(event.width, event.height)
+        except OSError as exc:
+            self._recording_failed(exc)
+
+    def _record_marker(self, label: str) -> None:
+        if self._recorder is None:
+            return
+        try:
+            self._recorder.marker(label)
+        except OSError as exc:
+            self._recording_failed(exc)
+
+    def _recording_failed(self, exc: OSError) -> None:
+        """``required``: the session ends (4011); ``best_effort``: recording stops, audited."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        recorder.abandon()
+        self.recording_failure = f"{type(exc).__name__}: {exc.strerror or exc}"
+        log.warning("session %s: recording failed: %s", self.id, self.recording_failure)
+        if recorder.settings.required:
+            self.request_stop(Stop(StopReason.RECORDING_FAILED, self.recording_failure))
+        elif self._audit is not None:
+            fields: dict[str, object] = {"session": self.id, "recording": recorder.path.name}
+            self._audit("recording_failed", fields | {"error": self.recording_failure})
+
+    def _finish_recording(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        stop = self.stop
+        end: dict[str, Any] = {
+            "session": self.id,
+            "user": self._grant.user,
+            "target": self._grant.details.target.describe(),
+            "exit_code": None if self.exit is None else self.exit.code,
+            "stop": None if stop is None else stop.reason.value,
+            "stop_detail": None if stop is None else stop.detail,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "resumes": self.resumes,
+            "extensions": self._extensions,
+            "duration_s": round(time.monotonic() - self.started, 3),
+        }
+        try:
+            recorder.finish(end)
+        except OSError as exc:
+            self._recorder = recorder
+            self._recording_failed(exc)
 
     # Stoppers ----------------------------------------------------------------------
 

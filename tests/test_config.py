@@ -128,6 +128,12 @@ DEFAULTS = [
     ("metrics.listen", None),
     ("audit.enabled", False),
     ("audit.file", None),
+    ("recording.routes", ()),
+    ("recording.dir", None),
+    ("recording.max_size", 64 * 1024 * 1024),
+    ("recording.spool_quota", 1024 * 1024 * 1024),
+    ("recording.policy", "best_effort"),
+    ("recording.input", False),
     ("kubernetes.clusters", ()),
     ("kubernetes.identity.user_header", None),
     ("kubernetes.identity.groups_header", None),
@@ -249,6 +255,13 @@ metrics:
 audit:
   enabled: true
   file: /var/log/terminal-proxy/audit.jsonl
+recording:
+  routes: [route1]
+  dir: /var/spool/terminal-proxy
+  max_size: 8MiB
+  spool_quota: 2GiB
+  policy: required
+  input: true
 kubernetes:
   clusters:
     - {name: dev, kubeconfig: /etc/tp/dev.kubeconfig, context: admin}
@@ -354,6 +367,12 @@ EVERY_KEY = [
     ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
     ("audit.enabled", True),
     ("audit.file", "/var/log/terminal-proxy/audit.jsonl"),
+    ("recording.routes", ("route1",)),
+    ("recording.dir", "/var/spool/terminal-proxy"),
+    ("recording.max_size", 8 * 1024 * 1024),
+    ("recording.spool_quota", 2 * 1024 * 1024 * 1024),
+    ("recording.policy", "required"),
+    ("recording.input", True),
     (
         "kubernetes.clusters",
         (
@@ -627,7 +646,7 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging, limits, tls, metrics, audit, kubernetes)",
+        "upstream, browser, session, logging, limits, tls, metrics, audit, recording, kubernetes)",
     ]
 
 

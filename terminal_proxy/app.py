@@ -360,7 +360,8 @@ async def _terminal(
     user_key, (browser, session, fields) = opened
 
     fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
-    if route in config.recording.routes:
+    wanted = session.grant.recording
+    if wanted.enabled if wanted is not None else route in config.recording.routes:
         _start_recording(gateway, session, fields)
     session_log.info("session opened", extra={"fields": fields})
     assert gateway.audit is not None
@@ -493,20 +494,28 @@ async def _handshake(
 def _start_recording(gateway: Gateway, session: Session, fields: dict[str, object]) -> None:
     """Start the session's recording (docs/recording.md); apply the policy on failure."""
     config = gateway.config.recording
-    assert config.dir is not None and gateway.audit is not None
-    settings = RecordingSettings(
-        Path(config.dir),
-        max_size=config.max_size,
-        spool_quota=config.spool_quota,
-        required=config.policy == "required",
-        record_input=config.input,
-    )
+    wanted = session.grant.recording
+    assert gateway.audit is not None
+    required = config.policy == "required"
+    record_input = config.input
+    if wanted is not None:
+        required = required if wanted.required is None else wanted.required
+        record_input = record_input if wanted.input is None else wanted.input
     try:
+        if config.dir is None:
+            raise FileNotFoundError(0, "recording.dir is not set")
+        settings = RecordingSettings(
+            Path(config.dir),
+            max_size=config.max_size,
+            spool_quota=config.spool_quota,
+            required=required,
+            record_input=record_input,
+        )
         recorder = Recorder.start(settings, session.id, dict(fields))
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc.strerror or exc}"
         log.warning("session %s: recording could not start: %s", session.id, error)
-        if settings.required:
+        if required:
             session.request_stop(Stop(StopReason.RECORDING_FAILED, error))
         else:
             gateway.audit.emit("recording_failed", {"session": session.id, "error": error})

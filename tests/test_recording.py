@@ -24,6 +24,7 @@ from terminal_proxy.recording import Recorder, RecordingSettings, rotate
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
 from tests.termclient import open_term, resume_term, wait_hello
+from tests.test_production import use_native
 from tests.test_resume import drop
 
 V5 = "v5.channel.k8s.io"
@@ -224,3 +225,88 @@ async def test_resume_and_extension_are_marked(
         "session extended by 600s",
     ]
     assert "".join(text for _, code, text in events if code == "o") == term.stdout.decode()
+
+
+async def _native_session(
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    browser: aiohttp.ClientSession,
+    recording: dict[str, Any] | None,
+    overrides: dict[str, Any],
+) -> tuple[Any, Any]:
+    if auth_api.contract != "native":
+        use_native(auth_api, "alice")
+    if recording is not None:
+        original = auth_api.body
+
+        def body() -> bytes:
+            doc = json.loads(original())
+            doc["recording"] = recording
+            return json.dumps(doc).encode()
+
+        auth_api.body = body  # type: ignore[method-assign]
+    server = await make_gateway(authorization={"contract": "native"}, **overrides)
+    term = await open_term(browser, str(server.make_url(ENV_PATH)), V5)
+    (relay,) = server.app[GATEWAY].sessions
+    return term, relay
+
+
+async def test_authorization_answer_turns_recording_on_and_off(
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    auth_api: FakeAuthApi,
+    browser: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The native answer's recording.enabled wins over recording.routes either way."""
+    term, relay = await _native_session(
+        make_gateway,
+        auth_api,
+        browser,
+        {"enabled": True, "input": True},
+        {"recording": {"dir": str(tmp_path / "on")}},
+    )
+    await kube.next_session()
+    await term.send_stdin(b"echo on\r")
+    await term.read_until(b"\r\non\r\n")
+    await term.ws.close()
+    await asyncio.wait_for(asyncio.shield(relay.done), 10)
+    (cast,) = (tmp_path / "on").glob("*.cast")
+    _, events = read_cast(cast)
+    assert "".join(text for _, code, text in events if code == "i") == "echo on\r"
+    assert json.loads(cast.with_suffix(".json").read_text())["user"] == "alice"
+
+    term, relay = await _native_session(
+        make_gateway,
+        auth_api,
+        browser,
+        {"enabled": False},
+        {"recording": {"dir": str(tmp_path / "off"), "routes": ["environment"]}},
+    )
+    await kube.next_session()
+    await term.ws.close()
+    await asyncio.wait_for(asyncio.shield(relay.done), 10)
+    assert list((tmp_path / "off").glob("*")) == []
+
+
+async def test_required_by_the_answer_without_a_spool_ends_the_session(
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    auth_api: FakeAuthApi,
+    browser: aiohttp.ClientSession,
+) -> None:
+    term, _ = await _native_session(
+        make_gateway, auth_api, browser, {"enabled": True, "required": True}, {}
+    )
+    assert await term.wait_closed() == (4011, "recording failed")
+
+
+async def test_malformed_recording_field_is_refused(
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    auth_api: FakeAuthApi,
+    browser: aiohttp.ClientSession,
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await _native_session(make_gateway, auth_api, browser, {"enabled": "yes"}, {})
+    assert refused.value.status == 502

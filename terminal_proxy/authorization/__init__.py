@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..channel import ConnectionDetails
 
-__all__ = ["Authorizer", "BrowserRequest", "Grant", "PassBack"]
+__all__ = ["Authorizer", "BrowserRequest", "Grant", "PassBack", "RecordingRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +35,25 @@ class BrowserRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingRequest:
+    """The authorization's say on recording this session (native contract ``recording``):
+    ``enabled`` overrides ``recording.routes``; ``required`` and ``input``, when given,
+    override ``recording.policy`` and ``recording.input``."""
+
+    enabled: bool
+    required: bool | None = None
+    input: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
-    """The authorization said yes: dial ``details``; ``user`` is for logs and limits."""
+    """The authorization said yes: dial ``details``; ``user`` is for logs and limits;
+    ``recording``: None leaves it to the route (docs/recording.md)."""
 
     details: ConnectionDetails
     user: str | None = None
     groups: tuple[str, ...] = ()
+    recording: RecordingRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..channel import ConnectionDetails
 from ..errors import InvalidAuthorization
-from . import Grant
+from . import Grant, RecordingRequest
 from .http import HttpAuthorizer, load_json, media_type
 
 __all__ = ["NativeAuthorizer"]
@@ -24,7 +24,7 @@ _NAMES = {
     "max_session_time": "connection.max_session_time",
 }
 _CONNECTION_KEYS = frozenset(_NAMES)
-_TOP_KEYS = frozenset({"version", "user", "connection"})
+_TOP_KEYS = frozenset({"version", "user", "connection", "recording"})
 
 
 def _bad(name: str, why: str) -> InvalidAuthorization:
@@ -71,7 +71,28 @@ class NativeAuthorizer(HttpAuthorizer):
             names=_NAMES,
         )
         user, groups = _user(doc.get("user"))
-        return Grant(details, user=user, groups=groups)
+        recording = _recording(doc.get("recording"))
+        return Grant(details, user=user, groups=groups, recording=recording)
+
+
+def _recording(value: Any) -> RecordingRequest | None:
+    """``recording``: {"enabled": bool, "required": bool, "input": bool} (docs/recording.md)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad("recording", "must be an object")
+    for key in value:
+        if key not in ("enabled", "required", "input"):
+            raise _bad(f"recording.{key}", "is not a known field")
+    flags: dict[str, bool | None] = {}
+    for key in ("enabled", "required", "input"):
+        flag = value.get(key)
+        if flag is not None and not isinstance(flag, bool):
+            raise _bad(f"recording.{key}", "must be true or false")
+        flags[key] = flag
+    if flags["enabled"] is None:
+        raise _bad("recording.enabled", "is required")
+    return RecordingRequest(bool(flags["enabled"]), flags["required"], flags["input"])
 
 
 def _user(value: Any) -> tuple[str | None, tuple[str, ...]]:

@@ -10,10 +10,13 @@ path a production deployment takes, with every part local.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,11 +51,25 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# The recording player (asciinema-player) runs its terminal emulator as WebAssembly.
+_PLAYER_HEADERS = _PAGE_HEADERS | {
+    "Content-Security-Policy": CSP.replace(
+        "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
+    )
+}
+# Session ids (file names of recordings): hex, optionally after "<replica id>.".
+_RECORDING_NAME = re.compile(r"[a-z0-9-]{0,63}\.?[0-9a-f]{16}")
 
 
-def demo_config(listen: ListenAddress, session_server: str) -> Config:
-    """Embedded defaults: local only, the session server the only upstream."""
+def demo_config(
+    listen: ListenAddress, session_server: str, recordings: Path | None = None
+) -> Config:
+    """Embedded defaults: local only, the session server the only upstream; sessions
+    recorded into ``recordings`` when given (the demo's temporary directory)."""
     base = default_config()
+    recording = base.recording
+    if recordings is not None:
+        recording = dataclasses.replace(recording, routes=("generic",), dir=str(recordings))
     return dataclasses.replace(
         base,
         listen=listen,
@@ -60,11 +77,15 @@ def demo_config(listen: ListenAddress, session_server: str) -> Config:
             base.upstream, allowed_hosts=(HostPattern.parse(session_server),)
         ),
         session=dataclasses.replace(base.session, shutdown_grace=0.0),
+        recording=recording,
     )
 
 
-def add_demo_routes(app: web.Application, authorizer: StaticAuthorizer) -> None:
-    """The page, its static files and the one-time login."""
+def add_demo_routes(
+    app: web.Application, authorizer: StaticAuthorizer, recordings: Path | None = None
+) -> None:
+    """The page, its static files, the one-time login, and the recordings (a list at
+    /-/recordings/, a player page per recording, the .cast files) when ``recordings``."""
 
     async def page(request: web.Request) -> web.StreamResponse:
         if authorizer.user_for(tuple(request.headers.items())) is None:
@@ -82,6 +103,57 @@ def add_demo_routes(app: web.Application, authorizer: StaticAuthorizer) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/-/login", login)
     app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
+    if recordings is None:
+        return
+
+    def signed_in(request: web.Request) -> bool:
+        return authorizer.user_for(tuple(request.headers.items())) is not None
+
+    async def listing(request: web.Request) -> web.StreamResponse:
+        if not signed_in(request):
+            return _error_page(401, "You are not signed in.")
+        body = _recordings_page(recordings)
+        return web.Response(text=body, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def player(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if not signed_in(request):
+            return _error_page(401, "You are not signed in.")
+        if not _RECORDING_NAME.fullmatch(name) or not (recordings / f"{name}.cast").exists():
+            return _error_page(404, "There is no such recording.")
+        template = (WEB_DIR / "recording.html").read_text(encoding="utf-8")
+        body = template.replace("{{cast_url}}", f"/-/recordings/{name}.cast")
+        return web.Response(text=body, content_type="text/html", headers=_PLAYER_HEADERS)
+
+    async def cast(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if not signed_in(request):
+            return _error_page(401, "You are not signed in.")
+        path = recordings / f"{name}.cast"
+        if not _RECORDING_NAME.fullmatch(name) or not path.exists():
+            return _error_page(404, "There is no such recording.")
+        return web.FileResponse(path, headers=_PAGE_HEADERS | {"Content-Type": "text/plain"})
+
+    app.router.add_get("/-/recordings/", listing)
+    app.router.add_get("/-/recordings/{name}.cast", cast)
+    app.router.add_get("/-/recordings/{name}", player)
+
+
+def _recordings_page(recordings: Path) -> str:
+    """The list of recordings, newest first ("live" while the session still runs)."""
+    casts = sorted(recordings.glob("*.cast"), key=lambda p: p.stat().st_mtime, reverse=True)
+    items = "".join(
+        f'<li><a href="/-/recordings/{p.stem}">{p.stem}</a> '
+        f"({p.stat().st_size} bytes{'' if p.with_suffix('.json').exists() else ', live'})</li>"
+        for p in casts
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>terminal-proxy recordings</title>"
+        '<link rel="stylesheet" href="/static/terminal-proxy.css"></head>'
+        f'<body class="recordings"><h1>Recordings</h1><ul id="recordings">{items}</ul>'
+        "</body></html>"
+    )
 
 
 def _error_page(status: int, message: str) -> web.Response:
@@ -104,13 +176,18 @@ async def run_demo(
             f"the web page is not built ({STATIC_DIR} is missing): run scripts/build-web"
         )
     policy = policy or Policy((PolicyUser(DEMO_USER),))
-    async with SessionServer(command=list(command), host="127.0.0.1") as session_server:
+    async with contextlib.AsyncExitStack() as stack:
+        session_server = await stack.enter_async_context(
+            SessionServer(command=list(command), host="127.0.0.1")
+        )
+        # The demo records its sessions (asciicast v2) into a directory removed at exit.
+        recordings = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tp-rec-")))
         authorizer = StaticAuthorizer(policy, session_server)
-        config = demo_config(listen, session_server.host_port)
+        config = demo_config(listen, session_server.host_port, recordings)
         app = build_app(
             config,
             authorizer=authorizer,
-            extra_routes=lambda a: add_demo_routes(a, authorizer),
+            extra_routes=lambda a: add_demo_routes(a, authorizer, recordings),
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
         await runner.setup()

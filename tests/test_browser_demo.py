@@ -341,3 +341,29 @@ async def test_page_survives_a_dropped_connection(chromium: Browser, demo: Demo)
             "$ echo value-$KEPT\nvalue-survivor-42"
         )
         await page.close()
+
+
+async def test_recording_plays_in_the_page(chromium: Browser, demo: Demo) -> None:
+    """The demo records its sessions: after one ends, /-/recordings/ lists it and the
+    player page (asciinema-player) shows what the shell printed."""
+    page = await open_terminal(chromium, demo)
+    await page.keyboard.type("echo recorded-$((6*7))\n")
+    await wait_for_screen(page, "^recorded-42$")
+    await page.keyboard.type("exit 0\n")
+    await page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('exit code 0')"
+    )
+    session_id = await page.evaluate("() => window.terminalProxy.handle.sessionId")
+    await page.goto(f"{demo.base}/-/recordings/")
+    link = page.locator(f"#recordings a[href='/-/recordings/{session_id}']")
+    await link.click()
+    await page.wait_for_function("() => window.recordingPlayer !== undefined")
+    await page.wait_for_function(
+        "() => document.querySelector('#player').innerText.includes('recorded-42')",
+        timeout=15_000,
+    )
+    # Without the sign-in cookie there is nothing to see.
+    anonymous = await chromium.new_page()
+    response = await anonymous.goto(f"{demo.base}/-/recordings/{session_id}.cast")
+    assert response is not None and response.status == 401
+    await anonymous.close()

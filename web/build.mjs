@@ -1,5 +1,6 @@
 // Bundles the demo page's JS (src/demo.js + src/terminal-client.js + xterm.js) and CSS
-// (xterm.css + src/demo.css) into terminal_proxy/web/static/. Run by scripts/build-web.
+// (xterm.css + src/demo.css), and the recording player page's (src/recordings.js +
+// asciinema-player), into terminal_proxy/web/static/. Run by scripts/build-web.
 import { mkdir, rm, stat } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -13,7 +14,8 @@ await mkdir(outdir, { recursive: true });
 
 const result = await esbuild.build({
   absWorkingDir: here,
-  entryPoints: { "terminal-proxy": "src/demo.js" }, // → terminal-proxy.js and terminal-proxy.css
+  // → terminal-proxy.js/.css (the terminal page) and recordings.js/.css (the player page)
+  entryPoints: { "terminal-proxy": "src/demo.js", recordings: "src/recordings.js" },
   outdir,
   bundle: true,
   format: "iife",

@@ -127,6 +127,7 @@ export function connectTerminal(container, options = {}) {
   // v1.terminal-proxy resume state, shared by the sockets of one session:
   // { id, token, received, acked, sent, input: [{offset, bytes}], since, timer }
   let resumable = null;
+  let sessionId = null; // the current (or just ended) session's id, from its hello
   let status = { state: "connecting", text: "connecting…" };
 
   const handle = {
@@ -149,7 +150,7 @@ export function connectTerminal(container, options = {}) {
     extend() {
       sendControl({ type: "extend" });
     },
-    get sessionId() { return resumable?.id ?? null; },
+    get sessionId() { return sessionId; },
     reconnect() {
       detach();
       term.reset();
@@ -226,6 +227,7 @@ export function connectTerminal(container, options = {}) {
           resumable = { id: message.session, token: message.token, received: 0, acked: 0, sent: 0, input: [] };
         }
         resumable.token = message.token;
+        sessionId = message.session;
         if (message.reset) {
           // Output was lost while away: start clean where the gateway's kept bytes begin.
           term.reset();
@@ -360,6 +362,7 @@ export function connectTerminal(container, options = {}) {
     session = { ws, kubernetes: false, tp: false, decoders, opened: false, exitReported: false, resume: !!resume };
     if (!resume) {
       resumable = null;
+      sessionId = null;
       handle.lastExit = null;
       handle.lastClose = null;
     }

@@ -443,6 +443,8 @@ async def _handshake(
     user_key = _user_key(answer, browser_request)
     per_user = config.limits.max_sessions_per_user
     if per_user and gateway.per_user[user_key] >= per_user:
+        await _end_oldest_detached(gateway, user_key)
+    if per_user and gateway.per_user[user_key] >= per_user:
         return _limited(
             gateway,
             "per_user",
@@ -540,6 +542,23 @@ def _browser_socket(config: Config, chosen: str) -> BrowserSocket:
     if config.browser.pong_timeout and config.browser.ping_interval:
         browser._pong_heartbeat = config.browser.pong_timeout
     return browser
+
+
+async def _end_oldest_detached(gateway: Gateway, user_key: str) -> None:
+    """At the per-user limit, a session of that user whose browser has gone (detached,
+    waiting for a resume) makes room: the oldest one ends (4007 to a later resume)."""
+    detached = [
+        s
+        for s in gateway.resumable.values()
+        if s.detached and _user_key(s.grant, s.request) == user_key
+    ]
+    if not detached:
+        return
+    oldest = min(detached, key=lambda s: s.started)
+    oldest.request_stop(
+        Stop(StopReason.RESUME_EXPIRED, "replaced by a new session of the same user")
+    )
+    await asyncio.wait([oldest.done], timeout=gateway.config.session.close_timeout + 1)
 
 
 def _user_key(grant: Grant, request: BrowserRequest) -> str:

@@ -266,6 +266,10 @@ class Session:
     def grant(self) -> Grant:
         return self._grant
 
+    @property
+    def request(self) -> BrowserRequest:
+        return self._request
+
     def start_recording(
         self, recorder: Recorder, audit: Callable[[str, dict[str, object]], None] | None
     ) -> None:

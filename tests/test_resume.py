@@ -210,3 +210,29 @@ async def test_overrun_while_detached_resets_at_a_safe_boundary(
     assert bytes(resumed.stdout[len(term.stdout) :]) == tail
     assert 0 < len(tail) <= 64 * 1024
     assert [e.code for e in resumed.exits] == [0]
+
+
+async def test_detached_session_makes_room_at_the_per_user_limit(
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    auth_api: FakeAuthApi,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """A user at limits.max_sessions_per_user whose other session is detached (the tab
+    was closed or reloaded) gets a new one: the detached session ends (4007 later)."""
+    use_native(auth_api, "alice")
+    server = await make_gateway(
+        authorization={"contract": "native"}, limits={"max_sessions_per_user": 1}
+    )
+    first, url = await _open(browser, server)
+    upstream = await kube.next_session()
+    assert first.hello is not None
+    drop(first)
+    second, _ = await _open(browser, server)
+    await upstream.wait_closed()
+    assert await _ended(server, first.hello.session) == "resume_expired"
+    late = await resume_term(browser, url, first)
+    assert await late.wait_closed() == (4007, "session ended: resume grace expired")
+    await kube.next_session()
+    await second.send_stdin(b"echo second\r")
+    await second.read_until(b"\r\nsecond\r\n")

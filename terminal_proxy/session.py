@@ -21,11 +21,11 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientWebSocketResponse, WSMsgType, web
+from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType, web
 
 from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .errors import AuthorizationError
@@ -39,6 +39,7 @@ from .protocols import (
     ExtensionAnswer,
     ExtensionRequest,
     Hello,
+    Opcode,
     Output,
     ProtocolError,
     Resize,
@@ -456,6 +457,21 @@ class Session:
             self.bytes_out += len(frame)
         return True
 
+    def _browser_events(
+        self,
+        msg: WSMessage,
+        decode: Callable[[Opcode, bytes], Sequence[Event]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> Sequence[Event] | Stop:
+        """One data message from the browser: counted, timed, decoded (or why it is bad)."""
+        payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+        self._last_activity = loop.time()
+        self.bytes_in += len(payload)
+        try:
+            return decode(msg.type, payload)  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+
     async def _pump_browser(self) -> Stop:
         """Browser → upstream. Returns when the browser leaves or the upstream is gone."""
         upstream, browser = self.upstream, self.browser
@@ -464,13 +480,9 @@ class Session:
         while True:
             msg = await browser.receive()
             if msg.type in _DATA:
-                payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                self._last_activity = loop.time()
-                self.bytes_in += len(payload)
-                try:
-                    events = decode(msg.type, payload)  # type: ignore[arg-type]
-                except ProtocolError as exc:
-                    return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+                events = self._browser_events(msg, decode, loop)
+                if isinstance(events, Stop):
+                    return events
                 for event in events:
                     if self._recorder is not None:
                         self._record_browser(event)
@@ -578,13 +590,9 @@ class Session:
             if ws is not self._live:
                 continue  # taken over or detached while we waited: read the new one
             if msg.type in _DATA:
-                payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                self._last_activity = loop.time()
-                self.bytes_in += len(payload)
-                try:
-                    events = decode(msg.type, payload)  # type: ignore[arg-type]
-                except ProtocolError as exc:
-                    return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+                events = self._browser_events(msg, decode, loop)
+                if isinstance(events, Stop):
+                    return events
                 for event in events:
                     if self._recorder is not None:
                         self._record_browser(event)

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import re
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -47,12 +48,14 @@ from .session import Session, SessionLimits, Stop, StopReason
 from .tasks import spawn
 from .upstream import Dialer
 
-__all__ = ["GATEWAY", "Gateway", "build_app", "drain"]
+__all__ = ["GATEWAY", "Gateway", "build_app", "drain", "new_request_id"]
 
 log = logging.getLogger("terminal_proxy.gateway")
 session_log = logging.getLogger("terminal_proxy.session")
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The replica prefix of a session id (config.parse_replica_id's alphabet).
+_REPLICA_TAG = re.compile(r"[a-z0-9-]{1,63}")
 
 
 @dataclass
@@ -247,9 +250,17 @@ async def _readiness(request: web.Request) -> web.Response:
 # The handler ------------------------------------------------------------------------
 
 
+def new_request_id(replica_id: str = "") -> str:
+    """A request id, which becomes the session id: 64 random bits in hex, after
+    ``<replica_id>.`` when ``session.replica_id`` is set (a load balancer routes a
+    ``?resume=<id>`` on that prefix to the replica holding the session)."""
+    token = secrets.token_hex(8)
+    return f"{replica_id}.{token}" if replica_id else token
+
+
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    request_id = secrets.token_hex(8)
+    request_id = new_request_id(gateway.config.session.replica_id)
     route = _match_route(gateway, request.path)
     try:
         if route is None:
@@ -273,6 +284,21 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
             },
         )
         return _error_response(exc.status, exc.public, request_id)
+
+
+def _note_misrouted_resume(replica_id: str, session_id: str, request_id: str) -> None:
+    """Warn when a resume names another replica's session: it will get 4008 here, and
+    the load balancer in front is not routing resumes by session id."""
+    tag, dot, _ = session_id.partition(".")
+    if not replica_id or not dot or tag == replica_id or not _REPLICA_TAG.fullmatch(tag):
+        return
+    log.warning(
+        "resume of a session of replica %s reached replica %s: route ?resume= by the "
+        "session id's replica (docs/operations.md, several replicas)",
+        tag,
+        replica_id,
+        extra={"fields": {"request_id": request_id, "session": session_id}},
+    )
 
 
 def _error_response(
@@ -314,6 +340,7 @@ async def _terminal(
         return _error_response(503, "server shutting down", request_id)
     if chosen == TERMINAL_PROXY and "resume" in request.query:
         # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
+        _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
         socket = _browser_socket(config, chosen)
         browser_request = _snapshot(request, config.browser.trusted_proxies)
         return await resume_session(request, gateway, route, request_id, browser_request, socket)

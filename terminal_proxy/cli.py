@@ -34,6 +34,10 @@ __all__ = ["main"]
 
 log = logging.getLogger("terminal_proxy")
 
+# Where serve takes --replica-id from when the flag is not given (Kubernetes: the pod name
+# through the downward API); unset or empty: the file's session.replica_id.
+REPLICA_ID_ENV = "TERMINAL_PROXY_REPLICA_ID"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -46,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="override listen")
     serve.add_argument("--auth-backend", metavar="URL", help="override authorization.backend")
     serve.add_argument("--secret-file", metavar="PATH", help="override authorization.secret_file")
+    serve.add_argument(
+        "--replica-id",
+        metavar="NAME",
+        help=f"override session.replica_id (default: ${REPLICA_ID_ENV} when set, "
+        "e.g. the pod name)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -117,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_backend=args.auth_backend,
             secret_file=args.secret_file,
             allow_upstream=args.allow_upstream,
+            replica_id=_replica_id(args),
         )
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -138,6 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+def _replica_id(args: argparse.Namespace) -> str | None:
+    """--replica-id, else a non-empty $TERMINAL_PROXY_REPLICA_ID, else None (the file's)."""
+    if args.replica_id is not None:
+        return str(args.replica_id)
+    return os.environ.get(REPLICA_ID_ENV) or None
 
 
 def run_loop(main: Coroutine[Any, Any, None], choice: str = "auto") -> None:

@@ -81,6 +81,7 @@ __all__ = [
     "load_config",
     "load_config_file",
     "normalize_origin",
+    "parse_replica_id",
     "validate_for_serving",
 ]
 
@@ -363,6 +364,10 @@ class SessionConfig:
     extension: float = 0.0
     # Extensions one session may get.
     max_extensions: int = 0
+    # This replica's name ([a-z0-9-]{1,63}), or "" for none. Set: session ids are
+    # "<replica_id>.<random>", so a load balancer can send a resume (?resume=<id>) to the
+    # replica that holds the session (docs/operations.md). --replica-id overrides it.
+    replica_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,9 +537,11 @@ class Config:
         auth_backend: str | None = None,
         secret_file: str | None = None,
         allow_upstream: Sequence[str] = (),
+        replica_id: str | None = None,
     ) -> Config:
-        """Apply ``--listen``, ``--auth-backend``, ``--secret-file`` (None: flag not given)
-        and ``--allow-upstream`` (repeatable; added to ``upstream.allowed_hosts``).
+        """Apply ``--listen``, ``--auth-backend``, ``--secret-file``, ``--replica-id``
+        (None: flag not given) and ``--allow-upstream`` (repeatable; added to
+        ``upstream.allowed_hosts``).
 
         Values are checked like the file's; problems are keyed by the flag name. A
         ``--secret-file`` replaces the file's ``secret_file``/``secret_env``.
@@ -566,6 +573,11 @@ class Config:
                 auth = dataclasses.replace(
                     auth, secret=secret, secret_file=secret_file, secret_env=None
                 )
+        if replica_id is not None:
+            replica = attempt("--replica-id", parse_replica_id, replica_id)
+            if replica is not None:
+                session = dataclasses.replace(config.session, replica_id=replica)
+                config = dataclasses.replace(config, session=session)
         allowed = [attempt("--allow-upstream", _parse_host_pattern, v) for v in allow_upstream]
         if allow_upstream and None not in allowed:
             upstream = dataclasses.replace(
@@ -765,6 +777,7 @@ _GITLAB_NEEDS_KEY: Final = (
 )
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REPLICA_ID: Final = re.compile(r"[a-z0-9-]{1,63}")
 _HEADER_VALUE: Final = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 _LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
@@ -806,6 +819,19 @@ def _env_name(value: object) -> str | None:
     if not _ENV_NAME.fullmatch(name):
         raise ValueError(f"invalid environment variable name {name!r}")
     return name
+
+
+def parse_replica_id(value: object) -> str:
+    """``session.replica_id``: "" (or null) for none, else 1-63 of a-z, 0-9 and '-'."""
+    if value is None or value == "":
+        return ""
+    text = _text(value, "a replica id")
+    if not _REPLICA_ID.fullmatch(text):
+        raise ValueError(
+            f"invalid replica id {text!r}: use 1 to 63 lower-case letters, digits and '-' "
+            "(a Kubernetes pod name fits)"
+        )
+    return text
 
 
 def _boolean(value: object) -> bool:
@@ -1654,6 +1680,7 @@ _CONFIG: Final = _Section(
                 "expiry_warning": _ZERO_DISABLES,
                 "extension": _ZERO_DISABLES,
                 "max_extensions": _scalar(_integer(minimum=0)),
+                "replica_id": _scalar(parse_replica_id),
             },
         ),
         "logging": _Section(

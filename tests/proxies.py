@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import signal
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.logcapture import append_external_log
@@ -21,8 +22,11 @@ from tests.logcapture import append_external_log
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_EXAMPLE = ROOT / "config" / "nginx.conf"
 HAPROXY_EXAMPLE = ROOT / "config" / "haproxy.cfg"
-# Where the examples send terminals, and where they listen.
-EXAMPLE_GATEWAY = "127.0.0.1:8181"
+# The examples' replicas (session.replica_id → where it listens): each test gives every
+# replica an address, or one address for all of them (a single gateway).
+EXAMPLE_REPLICAS: Mapping[str, str] = {"a": "127.0.0.1:8181", "b": "127.0.0.1:8182"}
+
+Gateways = str | Mapping[str, str]
 
 _NGINX_MAIN = """\
 daemon off;
@@ -56,6 +60,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def replica_addresses(gateway: Gateways) -> dict[str, str]:
+    """Each example replica's address in the test: ``gateway`` for all, or as mapped."""
+    if isinstance(gateway, str):
+        return dict.fromkeys(EXAMPLE_REPLICAS, gateway)
+    assert set(gateway) == set(EXAMPLE_REPLICAS), f"the examples' replicas are {EXAMPLE_REPLICAS}"
+    return dict(gateway)
+
+
+def swap_addresses(text: str, gateway: Gateways) -> str:
+    """Every example replica address replaced by the test's (via placeholders, so a test
+    port equal to another example port cannot be swapped twice)."""
+    addresses = replica_addresses(gateway)
+    for name, example in EXAMPLE_REPLICAS.items():
+        assert example in text, f"expected {example} in the example"
+        text = text.replace(example, f"@{name}@")
+    for name, address in addresses.items():
+        text = text.replace(f"@{name}@", address)
+    return text
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -135,7 +159,7 @@ class Nginx(ProxyProcess):
     def __init__(
         self,
         workdir: Path,
-        gateway: str,
+        gateway: Gateways,
         *,
         read_timeout: str | None = None,
         pass_upgrade: bool = True,
@@ -144,7 +168,7 @@ class Nginx(ProxyProcess):
         super().__init__(workdir)
         site = NGINX_EXAMPLE.read_text()
         site = replace_once(site, "    listen 80;", f"    listen 127.0.0.1:{self.port};")
-        site = replace_once(site, f"server {EXAMPLE_GATEWAY};", f"server {gateway};")
+        site = swap_addresses(site, gateway)
         if read_timeout is not None:
             site = replace_once(
                 site, "proxy_read_timeout 1h;", f"proxy_read_timeout {read_timeout};"
@@ -158,8 +182,8 @@ class Nginx(ProxyProcess):
         if bind is not None:
             site = replace_once(
                 site,
-                "proxy_pass http://terminal_proxy;",
-                f"proxy_pass http://terminal_proxy;\n        proxy_bind {bind};",
+                "proxy_pass http://$terminal_proxy_upstream;",
+                f"proxy_pass http://$terminal_proxy_upstream;\n        proxy_bind {bind};",
             )
         (self.dir / "terminal-proxy.conf").write_text(site)
         (self.dir / "nginx.conf").write_text(_NGINX_MAIN.format(dir=self.dir))
@@ -184,7 +208,7 @@ class HAProxy(ProxyProcess):
     def __init__(
         self,
         workdir: Path,
-        gateway: str,
+        gateway: Gateways,
         *,
         tunnel_timeout: str | None = None,
         pass_upgrade: bool = True,
@@ -195,10 +219,11 @@ class HAProxy(ProxyProcess):
         # This machine's descriptor limit (20,000) is below 2 x the example's maxconn.
         cfg = replace_once(cfg, "    maxconn 20000\n", "    maxconn 4000\n")
         cfg = replace_once(cfg, "    bind :80\n", f"    bind 127.0.0.1:{self.port}\n")
-        server = f"server gateway1 {gateway} check"
         if bind is not None:
-            server += f" source {bind}"
-        cfg = replace_once(cfg, f"server gateway1 {EXAMPLE_GATEWAY} check", server)
+            for name, example in EXAMPLE_REPLICAS.items():
+                line = f"server {name} {example} check"
+                cfg = replace_once(cfg, line, f"{line} source {bind}")
+        cfg = swap_addresses(cfg, gateway)
         if tunnel_timeout is not None:
             cfg = replace_once(cfg, "timeout tunnel 1h", f"timeout tunnel {tunnel_timeout}")
         if not pass_upgrade:

@@ -116,6 +116,7 @@ DEFAULTS = [
     ("session.expiry_warning", 300.0),
     ("session.extension", 0.0),
     ("session.max_extensions", 0),
+    ("session.replica_id", ""),
     ("logging.level", "info"),
     ("logging.format", "text"),
     ("limits.max_sessions", 0),
@@ -238,6 +239,7 @@ session:
   expiry_warning: 2m
   extension: 30m
   max_extensions: 2
+  replica_id: tp-1
 logging:
   level: debug
   format: json
@@ -355,6 +357,7 @@ EVERY_KEY = [
     ("session.expiry_warning", 120.0),
     ("session.extension", 1800.0),
     ("session.max_extensions", 2),
+    ("session.replica_id", "tp-1"),
     ("logging.level", "debug"),
     ("logging.format", "json"),
     ("limits.max_sessions", 5000),

@@ -494,6 +494,10 @@ class KubernetesProvisionConfig:
     # Lifecycle: no heartbeat for heartbeat_timeout, or older than expiry, is deleted.
     heartbeat_timeout: float = 300.0
     expiry: float = 1800.0
+    # v1.terminal-proxy browsers may extend a terminal's life by ``extension`` at a time
+    # (0: never), up to ``max_expiry`` after its creation.
+    extension: float = 1800.0
+    max_expiry: float = 7200.0
     cleanup_interval: float = 60.0
     ready_timeout: float = 120.0
     # The privileged node-debug variant (hostPID, hostNetwork, the host's / at /host).
@@ -1500,6 +1504,12 @@ def _finish_provision(
             _join(key, "heartbeat_timeout"),
             "must not be longer than expiry",
         )
+    if provision.max_expiry < provision.expiry:
+        reader.report(
+            nodes.get("max_expiry", node),
+            _join(key, "max_expiry"),
+            "must not be shorter than expiry",
+        )
     return provision
 
 
@@ -1608,6 +1618,8 @@ _KUBERNETES: Final = _Section(
                 "api_server_ports": _list(_port, what="ports"),
                 "heartbeat_timeout": _POSITIVE,
                 "expiry": _POSITIVE,
+                "extension": _ZERO_DISABLES,
+                "max_expiry": _POSITIVE,
                 "cleanup_interval": _POSITIVE,
                 "ready_timeout": _POSITIVE,
                 "node_debug": _Section(

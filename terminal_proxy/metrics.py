@@ -14,7 +14,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .authorization import Authorizer, BrowserRequest, Grant, PassBack
+from .authorization import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
 from .errors import (
     AuthorizationError,
     AuthorizationTimeout,
@@ -193,6 +193,16 @@ class ObservedAuthorizer:
         else:
             self._counter.labels("unchanged" if answer == grant else "changed").inc()
         return answer
+
+    def extension_offer(self, request: BrowserRequest) -> float | None:
+        if isinstance(self.inner, Extender):
+            return self.inner.extension_offer(request)
+        return None
+
+    async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
+        if not isinstance(self.inner, Extender):
+            return Extension(None, "no extension available")
+        return await self.inner.extend(request, grant)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType, web
 
-from .authorization import Authorizer, BrowserRequest, Grant, PassBack
+from .authorization import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
 from .errors import AuthorizationError
 from .protocols import (
     TERMINAL_PROXY,
@@ -255,6 +255,13 @@ class Session:
         self._limit_total = 0.0
         self._warn_timer: asyncio.TimerHandle | None = None
         self._extensions = 0
+        # The seconds one extension adds when the authorizer owns this session's time
+        # limit (a provisioned terminal's expiry); None: session.extension applies.
+        self._offer: float | None = (
+            authorizer.extension_offer(request) if isinstance(authorizer, Extender) else None
+        )
+        # The authorizer's ceiling was reached: the next warning says "not extendable".
+        self._capped = False
         self._control_tasks: set[asyncio.Task[None]] = set()
         # Recording (docs/recording.md) and where best-effort failures are reported.
         self._recorder: Recorder | None = None
@@ -815,6 +822,8 @@ class Session:
             self._warn_timer = loop.call_later(max(0.0, remaining - warning), self._warn)
 
     def _extendable(self) -> bool:
+        if self._offer is not None:
+            return self._offer > 0 and not self._capped
         return self._limits.extension > 0 and self._extensions < self._limits.max_extensions
 
     def _warn(self) -> None:
@@ -849,22 +858,37 @@ class Session:
     async def _extension_answer(self) -> ExtensionAnswer:
         if self._deadline is None:
             return ExtensionAnswer(False, reason="this session has no time limit")
-        if not self._extendable():
+        # At the authorizer's ceiling, the authorizer still answers (with its reason).
+        if not self._extendable() and not self._capped:
             return ExtensionAnswer(False, self._remaining(), "no extension available")
         try:
-            answer = await self._authorizer.reauthorize(self._request, self._grant)
+            extension = await self._authorized_extension()
         except AuthorizationError:
             return ExtensionAnswer(False, self._remaining(), "authorization unavailable")
-        if isinstance(answer, PassBack) or answer != self._grant:
-            return ExtensionAnswer(False, self._remaining(), "authorization does not allow it")
+        if extension.expires_in is None:
+            return ExtensionAnswer(False, self._remaining(), extension.reason)
         if self._stopped.done() or self._deadline is None:
             return ExtensionAnswer(False, reason="session ending")
+        new_deadline = asyncio.get_running_loop().time() + extension.expires_in
+        added = max(0.0, new_deadline - self._deadline)
+        self._capped = extension.last
         self._extensions += 1
-        self._deadline += self._limits.extension
-        self._limit_total += self._limits.extension
+        self._deadline += added
+        self._limit_total += added
         self._schedule_deadline()
-        self._record_marker(f"session extended by {self._limits.extension:g}s")
+        self._record_marker(f"session extended by {round(added, 3):g}s")
         return ExtensionAnswer(True, self._remaining())
+
+    async def _authorized_extension(self) -> Extension:
+        """Re-authorization decides; an authorizer that owns the time limit (``Extender``)
+        also extends it where it lives."""
+        if self._offer is not None:
+            assert isinstance(self._authorizer, Extender)
+            return await self._authorizer.extend(self._request, self._grant)
+        answer = await self._authorizer.reauthorize(self._request, self._grant)
+        if isinstance(answer, PassBack) or answer != self._grant:
+            return Extension(None, "authorization does not allow it")
+        return Extension((self._remaining() or 0.0) + self._limits.extension)
 
     # Recording -----------------------------------------------------------------------
 

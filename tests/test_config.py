@@ -167,6 +167,8 @@ DEFAULTS = [
     ("kubernetes.provision.api_server_ports", (443, 6443)),
     ("kubernetes.provision.heartbeat_timeout", 300.0),
     ("kubernetes.provision.expiry", 1800.0),
+    ("kubernetes.provision.extension", 1800.0),
+    ("kubernetes.provision.max_expiry", 7200.0),
     ("kubernetes.provision.cleanup_interval", 60.0),
     ("kubernetes.provision.ready_timeout", 120.0),
     ("kubernetes.provision.node_debug.admin_groups", ()),
@@ -301,6 +303,8 @@ kubernetes:
     api_server_ports: [443]
     heartbeat_timeout: 2m
     expiry: 1h
+    extension: 15m
+    max_expiry: 4h
     cleanup_interval: 30s
     ready_timeout: 1m
     node_debug:
@@ -414,6 +418,8 @@ EVERY_KEY = [
     ("kubernetes.provision.api_server_ports", (443,)),
     ("kubernetes.provision.heartbeat_timeout", 120.0),
     ("kubernetes.provision.expiry", 3600.0),
+    ("kubernetes.provision.extension", 900.0),
+    ("kubernetes.provision.max_expiry", 14400.0),
     ("kubernetes.provision.cleanup_interval", 30.0),
     ("kubernetes.provision.ready_timeout", 60.0),
     ("kubernetes.provision.node_debug.admin_groups", ("sre", "oidc:platform")),
@@ -585,6 +591,29 @@ def test_zero_disables(path: str) -> None:
     """Keys documented as "0 disables" accept 0."""
     section, key = path.split(".")
     assert get(load_config(f"{section}: {{{key}: 0s}}"), path) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [
+        (
+            "kubernetes:\n  provision:\n    expiry: 1m\n    heartbeat_timeout: 2m\n",
+            4,
+            "kubernetes.provision.heartbeat_timeout",
+            "must not be longer than expiry",
+        ),
+        (
+            "kubernetes:\n  provision:\n    expiry: 1h\n    max_expiry: 30m\n",
+            4,
+            "kubernetes.provision.max_expiry",
+            "must not be shorter than expiry",
+        ),
+    ],
+)
+def test_provision_lifetimes_must_agree(text: str, line: int, key: str, message: str) -> None:
+    """Heartbeat timeout, expiry and the extension ceiling are checked against each other."""
+    problem = only_problem(text)
+    assert (problem.line, problem.key, problem.message) == (line, key, message)
 
 
 # --------------------------------------------------------------------------------------------

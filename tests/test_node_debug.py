@@ -199,7 +199,7 @@ async def test_admin_gets_a_privileged_pod_on_the_node(
     assert spec["volumes"] == [{"name": "host-root", "hostPath": {"path": "/"}}]
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == name
-    assert spec["activeDeadlineSeconds"] == 1800 + 60
+    assert spec["activeDeadlineSeconds"] == 7200 + 60  # max_expiry: the ceiling of extensions
     assert "securityContext" not in spec  # no runAsNonRoot: root on the node is the point
     (container,) = spec["containers"]
     assert container["image"] == DEBUG_IMAGE

@@ -4,9 +4,11 @@ cleaning up, rollback of half-created terminals, and clear errors before the upg
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from aiohttp.test_utils import TestServer
 import terminal_proxy.provision as provision_module
 from terminal_proxy.app import GATEWAY
 from terminal_proxy.authorization.routing import RoutingAuthorizer
+from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
@@ -30,7 +33,7 @@ from tests.kubesetup import (
     start_gateway,
 )
 from tests.logcapture import remember_secret
-from tests.termclient import open_term, raw_handshake
+from tests.termclient import open_term, raw_handshake, wait_hello
 
 PATH = "/k8s-terminal/dev/team-a/terminal.ws"
 IMAGE = "registry.example/tools:1"
@@ -286,6 +289,90 @@ async def test_expiry_ends_the_session_with_the_time_limit_code(
         await ckube.next_session()
         code, reason = await term.wait_closed()
         assert (code, reason) == (4004, "session time limit reached")
+
+
+def _expiry_annotations(fake: FakeCluster) -> tuple[int, int]:
+    """The terminal's expires-at and max-expires-at."""
+    (parent,) = fake.named("serviceaccounts", "team-a")
+    annotations = parent["metadata"]["annotations"]
+    return (
+        int(annotations["terminal-proxy.dev/expires-at"]),
+        int(annotations["terminal-proxy.dev/max-expires-at"]),
+    )
+
+
+async def test_expiry_warning_and_extensions_up_to_max_expiry(
+    ckube: ClusterKube, fake: FakeCluster, tmp_path: Path, browser: aiohttp.ClientSession
+) -> None:
+    """A v1.terminal-proxy browser is warned before the terminal expires and may extend
+    it: the expiry moves on in the cluster (where cleanup reads it), never past
+    max_expiry; at the ceiling the warning says so, a request is refused with the reason,
+    and the session ends with 4004 at the (extended) expiry."""
+    async with _gateway(
+        ckube,
+        tmp_path,
+        {"expiry": "3s", "heartbeat_timeout": "3s", "extension": "2s", "max_expiry": "5s"},
+        authorization={"poll_interval": "1s", "poll_jitter": 0},
+        session={"expiry_warning": "2s"},
+    ) as server:
+        term = await open_term(
+            browser, str(server.make_url(PATH)), TERMINAL_PROXY, headers={USER_HEADER: "alice"}
+        )
+        hello = await wait_hello(term)
+        assert hello.expires_in is not None and 0 < hello.expires_in <= 3
+        expires, ceiling = _expiry_annotations(fake)
+        assert ceiling == expires + 2  # created + max_expiry
+        warning = await term.next_control(ExpiryWarning)
+        assert isinstance(warning, ExpiryWarning) and warning.extendable
+        granted = await term.request_extension()
+        # One extension of 2s would pass the ceiling: it stops there.
+        assert _expiry_annotations(fake) == (ceiling, ceiling)
+        assert granted.granted and granted.expires_in is not None
+        assert granted.expires_in == pytest.approx(ceiling - time.time(), abs=0.5)
+        again = await term.next_control(ExpiryWarning)
+        assert isinstance(again, ExpiryWarning) and not again.extendable
+        refused = await term.request_extension()
+        assert (refused.granted, refused.reason) == (
+            False,
+            "the terminal has reached its maximum lifetime (kubernetes.provision.max_expiry: 5s)",
+        )
+        assert await term.wait_closed() == (4004, "session time limit reached")
+        assert time.time() >= ceiling - 1  # not before the extended expiry (whole seconds)
+
+
+async def test_extensions_at_once_each_count_and_reconnects_see_them(
+    ckube: ClusterKube, fake: FakeCluster, tmp_path: Path, browser: aiohttp.ClientSession
+) -> None:
+    """Two extensions at once (two tabs, two replicas) both land: the write is
+    conditional on the resourceVersion read, and a conflict reads again. A browser that
+    connects afterwards is granted the extended time."""
+    async with _gateway(ckube, tmp_path, {"extension": "10m"}) as server:
+        term = await open_term(
+            browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
+        )
+        await ckube.next_session()
+        expires, ceiling = _expiry_annotations(fake)
+        name = fake.named("serviceaccounts", "team-a")[0]["metadata"]["name"]
+        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        prov = provisioner(server)
+        first, second = await asyncio.gather(
+            prov.extend_terminal(cluster, "team-a", name),
+            prov.extend_terminal(cluster, "team-a", name),
+        )
+        assert _expiry_annotations(fake) == (expires + 1200, ceiling)
+        assert first.expires_in is not None and second.expires_in is not None
+        assert sorted((first.expires_in, second.expires_in)) == [
+            pytest.approx(expires + 600 - time.time(), abs=1),
+            pytest.approx(expires + 1200 - time.time(), abs=1),
+        ]
+        await term.ws.close()
+        again = await open_term(
+            browser, str(server.make_url(PATH)), TERMINAL_PROXY, headers={USER_HEADER: "alice"}
+        )
+        hello = await wait_hello(again)
+        assert hello.expires_in == pytest.approx(expires + 1200 - time.time(), abs=1)
+        await again.ws.close()
+    assert len(fake.named("pods", "team-a")) == 1
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,19 @@ same ``BrowserRequest`` snapshot and compare grants by value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..channel import ConnectionDetails
 
-__all__ = ["Authorizer", "BrowserRequest", "Grant", "PassBack", "RecordingRequest"]
+__all__ = [
+    "Authorizer",
+    "BrowserRequest",
+    "Extender",
+    "Extension",
+    "Grant",
+    "PassBack",
+    "RecordingRequest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,4 +86,33 @@ class Authorizer(Protocol):
 
     async def aclose(self) -> None:
         """Release pooled connections."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """An extender's answer. Granted: the session ends ``expires_in`` seconds from now
+    (several sessions may share what was extended, so the time left is what counts);
+    ``last``: no further extension is possible. Refused: ``expires_in`` is None and
+    ``reason`` says why (sent to the browser)."""
+
+    expires_in: float | None
+    reason: str = ""
+    last: bool = False
+
+
+@runtime_checkable
+class Extender(Protocol):
+    """An authorizer that owns the time limit of some of its sessions. A provisioned
+    terminal lives as long as its pod, so extending the session means extending the pod's
+    expiry in the cluster; ``session.extension`` does not apply to those sessions."""
+
+    def extension_offer(self, request: BrowserRequest) -> float | None:
+        """Seconds one extension adds for ``request``'s route; 0: no extensions; None: not
+        this authorizer's business (``session.extension`` applies)."""
+        ...
+
+    async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
+        """Re-authorize and extend; raise AuthorizationError subclasses when the decision
+        cannot be made."""
         ...

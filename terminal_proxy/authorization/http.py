@@ -8,6 +8,7 @@ redirects are not followed; bodies are read up to a bound. Subclasses parse a 20
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import time
 from typing import Any
@@ -63,6 +64,12 @@ def forwardable_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[str,
     return [(n, v) for n, v in headers if n.lower() not in _DROP and n.lower() not in named]
 
 
+# Requests in flight to the authorization API, and how many of them may be re-polls (the
+# rest stay free for new sessions).
+MAX_CONNECTIONS = 32
+MAX_REPOLLS = 16
+
+
 def new_client(config: AuthorizationConfig) -> httpx.AsyncClient:
     """A pooled client; environment proxies are ignored (the API is ours to reach).
 
@@ -74,7 +81,7 @@ def new_client(config: AuthorizationConfig) -> httpx.AsyncClient:
         timeout=httpx.Timeout(config.timeout),
         follow_redirects=False,
         trust_env=False,
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=8),
     )
 
 
@@ -94,6 +101,12 @@ class HttpAuthorizer(abc.ABC):
         self._client = client
         # The last signed JWT: (iat, token).
         self._jwt: tuple[int, str] | None = None
+        # Requests wait here, not in httpcore's pool: its queue is rescanned on every
+        # assignment (quadratic in waiters), so thousands of re-polls falling due
+        # together used to starve the event loop and end in pool timeouts. Waiting here
+        # is not part of authorization.timeout; re-polls take at most MAX_REPOLLS slots.
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._repoll_slots = asyncio.Semaphore(MAX_REPOLLS)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -119,6 +132,15 @@ class HttpAuthorizer(abc.ABC):
         return self._backend.copy_with(path=path, query=query or None)
 
     async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
+        async with self._slots:
+            return await self._ask(request)
+
+    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
+        # The web app is asked the very same question again (Workhorse's auth checker).
+        async with self._repoll_slots, self._slots:
+            return await self._ask(request)
+
+    async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
         headers = forwardable_headers(request.headers)
         headers += self.extra_headers()
         headers += self.signed_headers()
@@ -151,10 +173,6 @@ class HttpAuthorizer(abc.ABC):
             )
             return PassBack(r.status_code, kept, bytes(body))
         return self.parse(r.headers.get("content-type", ""), bytes(body))
-
-    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
-        # The web app is asked the very same question again (Workhorse's auth checker).
-        return await self.authorize(request)
 
     def extra_headers(self) -> list[tuple[str, str]]:
         return []

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from ..config import PROVISION_KINDS, Config, UpstreamConfig
-from . import Authorizer, BrowserRequest, Grant, PassBack
+from . import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
 from .kubernetes import Cluster, KubernetesAuthorizer, load_clusters, match_route, passback
 
 __all__ = ["RoutingAuthorizer", "uses_kubernetes", "with_kubernetes"]
@@ -60,6 +60,18 @@ class RoutingAuthorizer:
         if authorizer is None:
             return passback(404, "no authorizer for this route")
         return await authorizer.reauthorize(request, grant)
+
+    def extension_offer(self, request: BrowserRequest) -> float | None:
+        authorizer = self._for(request)
+        if isinstance(authorizer, Extender):
+            return authorizer.extension_offer(request)
+        return None
+
+    async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
+        authorizer = self._for(request)
+        if not isinstance(authorizer, Extender):
+            return Extension(None, "no extension available")
+        return await authorizer.extend(request, grant)
 
     async def aclose(self) -> None:
         try:

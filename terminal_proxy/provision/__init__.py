@@ -11,7 +11,8 @@ For ``kind: kubernetes-provision`` routes (``/k8s-terminal/<cluster>/<namespace>
    a reason (403 no permission, 429 quota exceeded, 502 image cannot be pulled, 504 not
    ready in time);
 3. the grant execs into the pod with the gateway's credentials impersonating the user, and
-   ends at the terminal's expiry (4004);
+   ends at the terminal's expiry (4004); a ``v1.terminal-proxy`` browser is warned before
+   and may extend the expiry (``extension`` at a time, up to creation + ``max_expiry``);
 4. every re-poll re-runs the review and writes the heartbeat annotation on the parent; a
    cleanup loop deletes terminals whose heartbeat is older than ``heartbeat_timeout`` or
    whose expiry has passed. All state lives in the cluster, so a restarted gateway (or
@@ -41,7 +42,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..authorization import BrowserRequest, Grant, PassBack
+from ..authorization import BrowserRequest, Extension, Grant, PassBack
 from ..authorization.kubernetes import (
     API_TIMEOUT,
     AccessCheck,
@@ -62,6 +63,7 @@ from ..tasks import cancel_and_wait, spawn
 from .manifests import (
     ANNOTATION_EXPIRES,
     ANNOTATION_HEARTBEAT,
+    ANNOTATION_MAX_EXPIRES,
     ANNOTATION_NODE,
     ANNOTATION_USER,
     CONTAINER,
@@ -281,6 +283,96 @@ class ProvisionAuthorizer:
                 f"cluster {cluster.name} is unreachable", detail=f"heartbeat: {_why(exc)}"
             ) from exc
         return True
+
+    # Extensions (the Extender protocol) ---------------------------------------------------
+
+    def extension_offer(self, request: BrowserRequest) -> float | None:
+        if self._config.max_expiry <= self._config.expiry:
+            return 0.0
+        return self._config.extension
+
+    async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
+        """Re-run the review (and heartbeat), then move the terminal's expiry on by
+        ``extension``, at most to its creation + ``max_expiry``."""
+        answer = await self.reauthorize(request, grant)
+        if isinstance(answer, PassBack):
+            return Extension(None, "authorization does not allow it")
+        target = self._target(request)
+        assert not isinstance(target, PassBack)  # reauthorize said yes to the same request
+        pod = grant.details.target.pod
+        assert pod is not None
+        return await self.extend_terminal(target.cluster, target.namespace, pod)
+
+    async def extend_terminal(self, cluster: Cluster, namespace: str, name: str) -> Extension:
+        """Write a later expires-at on the parent. The write is conditional on the
+        resourceVersion read, so two sessions (tabs, replicas) extending at once extend
+        once each, never overwrite each other."""
+        core = k8s.CoreV1Api(cluster.api)
+        for _ in range(3):
+            try:
+                parent = await core.read_namespaced_service_account(
+                    name, namespace, _request_timeout=API_TIMEOUT
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Extension(None, "the terminal was removed")
+                raise self._extension_failed(cluster, namespace, name, exc) from exc
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise self._extension_failed(cluster, namespace, name, exc) from exc
+            expires = _number(_annotation(parent, ANNOTATION_EXPIRES))
+            # Terminals created before max-expires-at existed cannot be extended.
+            ceiling = _number(_annotation(parent, ANNOTATION_MAX_EXPIRES)) or expires
+            extended = min(expires + self._config.extension, ceiling)
+            now = self.clock()
+            if extended - expires < 1:
+                return Extension(
+                    None,
+                    f"the terminal has reached its maximum lifetime "
+                    f"(kubernetes.provision.max_expiry: {self._config.max_expiry:g}s)",
+                )
+            patch = {
+                "metadata": {
+                    "resourceVersion": parent.metadata.resource_version,
+                    "annotations": {ANNOTATION_EXPIRES: str(int(extended))},
+                }
+            }
+            try:
+                await core.patch_namespaced_service_account(
+                    name, namespace, patch, _request_timeout=API_TIMEOUT
+                )
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # extended (or heartbeated) meanwhile: read it again
+                if exc.status == 404:
+                    return Extension(None, "the terminal was removed")
+                raise self._extension_failed(cluster, namespace, name, exc) from exc
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise self._extension_failed(cluster, namespace, name, exc) from exc
+            log.info(
+                "cluster %s: terminal %s/%s extended by %ds (expires in %ds)",
+                cluster.name,
+                namespace,
+                name,
+                int(extended) - int(expires),
+                int(extended - now),
+            )
+            return Extension(max(0.0, int(extended) - now), last=int(extended) >= int(ceiling))
+        raise AuthorizationUnavailable(
+            f"cluster {cluster.name}: the terminal's expiry kept changing",
+            detail=f"extend {namespace}/{name}: 3 conflicting writes",
+        )
+
+    def _extension_failed(
+        self, cluster: Cluster, namespace: str, name: str, exc: BaseException
+    ) -> AuthorizationUnavailable:
+        if isinstance(exc, ApiException):
+            return AuthorizationUnavailable(
+                f"cluster {cluster.name} refused the terminal's extension: HTTP {exc.status}",
+                detail=f"extend {namespace}/{name}: {status_message(exc)}",
+            )
+        return AuthorizationUnavailable(
+            f"cluster {cluster.name} is unreachable", detail=f"extend: {_why(exc)}"
+        )
 
     async def aclose_terminal(self, cluster: Cluster, namespace: str, name: str) -> None:
         await _delete_parent(k8s.CoreV1Api(cluster.api), namespace, name)

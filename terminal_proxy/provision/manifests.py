@@ -7,14 +7,16 @@ deleting it deletes the session (the garbage collector removes the rest).
 ========================  =====================================================
 object                    why
 ========================  =====================================================
-ServiceAccount (parent)   the terminal's identity; state annotations
+ServiceAccount (parent)   the terminal's identity; state annotations (user,
+                          heartbeat, expires-at, max-expires-at)
 RoleBinding               binds the ServiceAccount to the configured role, in the
                           target namespace only
 Secret                    a kubeconfig with a short-lived TokenRequest token
 NetworkPolicy             the pod: no ingress; egress to DNS and the API server
 Pod                       the tools image, non-root, no privilege escalation, all
                           capabilities dropped, no service-account token
-                          automount, limits, ``activeDeadlineSeconds`` = expiry
+                          automount, limits, ``activeDeadlineSeconds`` =
+                          max_expiry (extensions cannot raise it later)
 ========================  =====================================================
 
 The node-debug variant (``node`` set) is the parent and one Pod only, shaped like the pod
@@ -40,6 +42,7 @@ from ..config import IPNetwork, KubernetesProvisionConfig
 __all__ = [
     "ANNOTATION_EXPIRES",
     "ANNOTATION_HEARTBEAT",
+    "ANNOTATION_MAX_EXPIRES",
     "ANNOTATION_NODE",
     "ANNOTATION_USER",
     "CONTAINER",
@@ -60,6 +63,8 @@ LABEL_USER = f"{PREFIX}/user-hash"
 ANNOTATION_USER = f"{PREFIX}/user"
 ANNOTATION_HEARTBEAT = f"{PREFIX}/heartbeat"
 ANNOTATION_EXPIRES = f"{PREFIX}/expires-at"
+# How far extensions may push expires-at (creation + max_expiry).
+ANNOTATION_MAX_EXPIRES = f"{PREFIX}/max-expires-at"
 # The node-debug variant: a label on all its objects, the node's name on the parent.
 LABEL_VARIANT = f"{PREFIX}/variant"
 NODE_DEBUG = "node-debug"
@@ -96,6 +101,10 @@ class SessionObjects:
     def expires_at(self) -> float:
         return self.now + self.config.expiry
 
+    @property
+    def max_expires_at(self) -> float:
+        return self.now + self.config.max_expiry
+
     def labels(self) -> dict[str, str]:
         labels = {
             LABEL_MANAGED: "terminal-proxy",
@@ -123,6 +132,7 @@ class SessionObjects:
             ANNOTATION_USER: self.user,
             ANNOTATION_HEARTBEAT: str(int(self.now)),
             ANNOTATION_EXPIRES: str(int(self.expires_at)),
+            ANNOTATION_MAX_EXPIRES: str(int(self.max_expires_at)),
         }
         if self.node is not None:
             meta["annotations"][ANNOTATION_NODE] = self.node
@@ -160,8 +170,9 @@ class SessionObjects:
         }
 
     def token_request(self) -> dict[str, Any]:
-        # The API server's minimum is 10 minutes; a little longer than the session.
-        seconds = max(600, int(self.config.expiry) + 300)
+        # The API server's minimum is 10 minutes; a little longer than the terminal can
+        # live (extensions included). Deleting the ServiceAccount invalidates it sooner.
+        seconds = max(600, int(self.config.max_expiry) + 300)
         return {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
@@ -245,8 +256,10 @@ class SessionObjects:
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "restartPolicy": "Never",
-                # The kubelet ends the pod at expiry even if no gateway is left to do it.
-                "activeDeadlineSeconds": int(config.expiry) + 60,
+                # The kubelet ends the pod even if no gateway is left to do it. A pod's
+                # deadline can only be lowered, so it is the ceiling extensions may reach;
+                # the cleanup loop enforces the (extendable) expiry before it.
+                "activeDeadlineSeconds": int(config.max_expiry) + 60,
                 "terminationGracePeriodSeconds": 5,
                 "securityContext": {
                     "runAsNonRoot": True,
@@ -303,7 +316,7 @@ class SessionObjects:
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "restartPolicy": "Never",
-                "activeDeadlineSeconds": int(config.expiry) + 60,
+                "activeDeadlineSeconds": int(config.max_expiry) + 60,
                 "terminationGracePeriodSeconds": 5,
                 # On exactly this node, whatever its taints; in the host's namespaces.
                 "nodeName": self.node,

@@ -49,6 +49,10 @@ class FakeAuthApi:
     deny_status: int = 403
     requests: list[AuthRequest] = field(default_factory=list)
     url: str = ""
+    # Requests being answered now, and the most at once, per query string.
+    in_flight: dict[str, int] = field(default_factory=dict)
+    max_in_flight: dict[str, int] = field(default_factory=dict)
+    max_total_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Condition()
@@ -110,6 +114,16 @@ class FakeAuthApi:
         return abs(time.time() - float(claims["iat"])) < 60
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.query_string
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        self.max_in_flight[key] = max(self.max_in_flight.get(key, 0), self.in_flight[key])
+        self.max_total_in_flight = max(self.max_total_in_flight, sum(self.in_flight.values()))
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight[key] -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         headers: dict[str, list[str]] = {}
         for key, value in request.headers.items():
             headers.setdefault(key.lower(), []).append(value)

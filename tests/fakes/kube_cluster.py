@@ -814,6 +814,16 @@ class FakeCluster:
         for locked in ("name", "namespace", "uid"):
             if locked in meta and meta[locked] != obj["metadata"].get(locked):
                 return _status(422, "Invalid", f"metadata.{locked}: field is immutable")
+        # A resourceVersion in the patch is a precondition, as on the real server.
+        wanted = meta.get("resourceVersion")
+        if wanted is not None and wanted != obj["metadata"].get("resourceVersion"):
+            return _status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "kind": plural},
+            )
         patched = _merge_patch(obj, body)
         patched["metadata"]["resourceVersion"] = self._next_version()
         self.objects[key] = patched

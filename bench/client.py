@@ -549,11 +549,22 @@ async def run_hold(params: dict[str, Any]) -> None:
 
         async def verify(conn: AsyncConn) -> str:
             """Empty when the echo came back, else why it did not."""
+            started = loop.time()
             try:
                 if await conn.echo(b"v", timeout):
                     return ""
             except TimeoutError:
-                return f"echo timed out after {timeout:g}s"
+                # Slow or lost? Give it as long again before saying which.
+                try:
+                    async with asyncio.timeout(timeout):
+                        while not conn.data and conn.close_code is None:
+                            conn.data_arrived.clear()
+                            await conn.data_arrived.wait()
+                except TimeoutError:
+                    return f"echo timed out after {timeout:g}s and never came back"
+                if conn.close_code is not None:
+                    return f"echo timed out after {timeout:g}s, then closed ({conn.close_code})"
+                return f"echo timed out after {timeout:g}s (came {loop.time() - started:.0f}s late)"
             if conn.close_code is not None or conn.lost.done():
                 return f"closed ({conn.close_code}) before the echo"
             return "echo came back different"

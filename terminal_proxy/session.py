@@ -38,6 +38,7 @@ from .protocols import (
     ExpiryWarning,
     ExtensionAnswer,
     ExtensionRequest,
+    Frame,
     Hello,
     Opcode,
     Output,
@@ -493,11 +494,8 @@ class Session:
                 for event in events:
                     if self._recorder is not None:
                         self._record_browser(event)
-                    for opcode, data in encode(event):
-                        try:
-                            await upstream.send_frame(data, WSMsgType(opcode))
-                        except ConnectionError:
-                            return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+                    if (stop := await _forward(upstream, encode(event))) is not None:
+                        return stop
                 continue
             if msg.type is WSMsgType.ERROR and _is_too_big(msg.data):
                 return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
@@ -619,11 +617,8 @@ class Session:
                         return Stop(
                             StopReason.BROWSER_PROTOCOL_ERROR, "resume is only a first message"
                         )
-                    for opcode, data in encode(event):
-                        try:
-                            await upstream.send_frame(data, WSMsgType(opcode))
-                        except ConnectionError:
-                            return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+                    if (stop := await _forward(upstream, encode(event))) is not None:
+                        return stop
                 continue
             if msg.type is WSMsgType.ERROR and _is_too_big(msg.data):
                 return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
@@ -1098,6 +1093,16 @@ def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) 
 def _min_positive(*values: float) -> float:
     positive = [v for v in values if v > 0]
     return min(positive) if positive else 0.0
+
+
+async def _forward(upstream: ClientWebSocketResponse, frames: Sequence[Frame]) -> Stop | None:
+    """Send one event's frames upstream; a Stop when the upstream is gone."""
+    for opcode, data in frames:
+        try:
+            await upstream.send_frame(data, WSMsgType(opcode))
+        except ConnectionError:
+            return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+    return None
 
 
 def _is_too_big(exc: Any) -> bool:

@@ -12,8 +12,10 @@ from typing import Any
 import yaml
 from aiohttp.test_utils import TestServer
 
-from terminal_proxy.app import build_app
+from terminal_proxy.app import GATEWAY, build_app
+from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import Config, load_config
+from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.fakes.kubectl import write_kubeconfig
@@ -117,3 +119,35 @@ async def start_gateway(config: Config) -> AsyncIterator[TestServer]:
         yield server
     finally:
         await server.close()
+
+
+def provision_config(
+    ckube: ClusterKube,
+    directory: Path,
+    routes: list[dict[str, Any]],
+    provision: dict[str, Any],
+    **extra: Any,
+) -> Config:
+    """A gateway config for provisioned terminals on ``ckube``'s cluster ``dev``."""
+    overrides = {"kubernetes": {"provision": provision}, **extra}
+    return kube_config(ckube, ckube.token, directory, overrides, routes=routes)
+
+
+def provisioner(server: TestServer, kind: str = "kubernetes-provision") -> ProvisionAuthorizer:
+    """The gateway's provisioner (one serves both provisioning kinds)."""
+    routing = server.app[GATEWAY].authorizer
+    assert isinstance(routing, RoutingAuthorizer)
+    found = routing.authorizer_for_kind(kind)
+    assert isinstance(found, ProvisionAuthorizer)
+    return found
+
+
+def provision_gateway(
+    ckube: ClusterKube,
+    directory: Path,
+    routes: list[dict[str, Any]],
+    provision: dict[str, Any],
+    **extra: Any,
+) -> contextlib.AbstractAsyncContextManager[TestServer]:
+    """A running gateway with ``provision_config``."""
+    return start_gateway(provision_config(ckube, directory, routes, provision, **extra))

@@ -16,7 +16,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from terminal_proxy.app import GATEWAY
-from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import ConfigError, load_config
 from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
@@ -27,8 +26,8 @@ from tests.kubesetup import (
     USER_HEADER,
     ClusterKube,
     gateway_rbac,
-    kube_config,
-    start_gateway,
+    provision_gateway,
+    provisioner,
 )
 from tests.termclient import open_term, raw_handshake
 
@@ -90,29 +89,10 @@ async def ckube(fake: FakeCluster) -> AsyncIterator[ClusterKube]:
         yield server
 
 
-def _config(
+def _gateway(
     ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
-) -> Any:
-    kubernetes = {
-        "clusters": [{"name": "dev", "kubeconfig": str(tmp_path / "kubeconfig")}],
-        "identity": {
-            "user_header": USER_HEADER,
-            "groups_header": GROUPS_HEADER,
-            "trusted_proxies": ["127.0.0.1/32"],
-        },
-        "provision": {**PROVISION, **(provision or {})},
-    }
-    return kube_config(
-        ckube, ckube.token, tmp_path, {"kubernetes": kubernetes, **extra}, routes=ROUTES
-    )
-
-
-@contextlib.asynccontextmanager
-async def _gateway(
-    ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
-) -> AsyncIterator[TestServer]:
-    async with start_gateway(_config(ckube, tmp_path, provision, **extra)) as server:
-        yield server
+) -> contextlib.AbstractAsyncContextManager[TestServer]:
+    return provision_gateway(ckube, tmp_path, ROUTES, {**PROVISION, **(provision or {})}, **extra)
 
 
 @pytest.fixture
@@ -122,12 +102,9 @@ async def gateway(ckube: ClusterKube, tmp_path: Path) -> AsyncIterator[TestServe
 
 
 def _provisioner(server: TestServer) -> ProvisionAuthorizer:
-    routing = server.app[GATEWAY].authorizer
-    assert isinstance(routing, RoutingAuthorizer)
-    found = routing.authorizer_for_kind("kubernetes-node-debug")
-    assert isinstance(found, ProvisionAuthorizer)
+    found = provisioner(server, "kubernetes-node-debug")
     # One provisioner (and one cleanup loop) serves both provisioning kinds.
-    assert routing.authorizer_for_kind("kubernetes-provision") is found
+    assert provisioner(server, "kubernetes-provision") is found
     return found
 
 

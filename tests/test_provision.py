@@ -19,9 +19,7 @@ from aiohttp.test_utils import TestServer
 
 import terminal_proxy.provision as provision_module
 from terminal_proxy.app import GATEWAY
-from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
     GATEWAY_USER,
@@ -29,7 +27,9 @@ from tests.kubesetup import (
     USER_HEADER,
     ClusterKube,
     gateway_rbac,
-    kube_config,
+    provision_config,
+    provision_gateway,
+    provisioner,
     start_gateway,
 )
 from tests.logcapture import remember_secret
@@ -72,39 +72,16 @@ async def ckube(fake: FakeCluster) -> AsyncIterator[ClusterKube]:
         yield server
 
 
-def _config(
+def _gateway(
     ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
-) -> Any:
-    kubernetes = {
-        "clusters": [{"name": "dev", "kubeconfig": str(tmp_path / "kubeconfig")}],
-        "identity": {"user_header": USER_HEADER, "trusted_proxies": ["127.0.0.1/32"]},
-        "provision": {**PROVISION, **(provision or {})},
-    }
-    return kube_config(
-        ckube, ckube.token, tmp_path, {"kubernetes": kubernetes, **extra}, routes=ROUTES
-    )
-
-
-@contextlib.asynccontextmanager
-async def _gateway(
-    ckube: ClusterKube, tmp_path: Path, provision: dict[str, Any] | None = None, **extra: Any
-) -> AsyncIterator[TestServer]:
-    async with start_gateway(_config(ckube, tmp_path, provision, **extra)) as server:
-        yield server
+) -> contextlib.AbstractAsyncContextManager[TestServer]:
+    return provision_gateway(ckube, tmp_path, ROUTES, {**PROVISION, **(provision or {})}, **extra)
 
 
 @pytest.fixture
 async def gateway(ckube: ClusterKube, tmp_path: Path) -> AsyncIterator[TestServer]:
     async with _gateway(ckube, tmp_path) as server:
         yield server
-
-
-def provisioner(server: TestServer) -> ProvisionAuthorizer:
-    routing = server.app[GATEWAY].authorizer
-    assert isinstance(routing, RoutingAuthorizer)
-    found = routing.authorizer_for_kind("kubernetes-provision")
-    assert isinstance(found, ProvisionAuthorizer)
-    return found
 
 
 def _objects(fake: FakeCluster) -> dict[str, list[dict[str, Any]]]:
@@ -269,7 +246,7 @@ async def test_gateway_restart_still_cleans_up(
     )
     # The second gateway runs after the expiry: its own loop (not a call of ours) deletes it.
     monkeypatch.setattr(provision_module, "wall_clock", lambda: expires + 1)
-    config = _config(ckube, tmp_path, {"cleanup_interval": "100ms"})
+    config = provision_config(ckube, tmp_path, ROUTES, PROVISION | {"cleanup_interval": "100ms"})
     async with start_gateway(config):
         await fake.wait_for(lambda: not fake.objects)
 

@@ -244,9 +244,8 @@ class SessionObjects:
             },
         }
 
-    def pod(self, owner: dict[str, Any]) -> dict[str, Any]:
-        config = self.config
-        uid = config.run_as_user
+    def _pod(self, owner: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        """A terminal pod: what every variant shares, then ``spec``."""
         return {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -259,8 +258,18 @@ class SessionObjects:
                 # The kubelet ends the pod even if no gateway is left to do it. A pod's
                 # deadline can only be lowered, so it is the ceiling extensions may reach;
                 # the cleanup loop enforces the (extendable) expiry before it.
-                "activeDeadlineSeconds": int(config.max_expiry) + 60,
+                "activeDeadlineSeconds": int(self.config.max_expiry) + 60,
                 "terminationGracePeriodSeconds": 5,
+                **spec,
+            },
+        }
+
+    def pod(self, owner: dict[str, Any]) -> dict[str, Any]:
+        config = self.config
+        uid = config.run_as_user
+        return self._pod(
+            owner,
+            {
                 "securityContext": {
                     "runAsNonRoot": True,
                     "runAsUser": uid,
@@ -301,23 +310,15 @@ class SessionObjects:
                     }
                 ],
             },
-        }
+        )
 
     def node_debug_pod(self, owner: dict[str, Any]) -> dict[str, Any]:
         """The node-debug pod: what ``kubectl debug node/<node> --profile=sysadmin`` makes."""
         assert self.node is not None
         config = self.config
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": self._meta(owner),
-            "spec": {
-                "serviceAccountName": self.name,
-                "automountServiceAccountToken": False,
-                "enableServiceLinks": False,
-                "restartPolicy": "Never",
-                "activeDeadlineSeconds": int(config.max_expiry) + 60,
-                "terminationGracePeriodSeconds": 5,
+        return self._pod(
+            owner,
+            {
                 # On exactly this node, whatever its taints; in the host's namespaces.
                 "nodeName": self.node,
                 "tolerations": [{"operator": "Exists"}],
@@ -345,4 +346,4 @@ class SessionObjects:
                 ],
                 "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
             },
-        }
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import shlex
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--listen", default="127.0.0.1:8181", metavar="HOST:PORT")
     demo.add_argument("--policy", metavar="FILE", help="built-in authorizer policy (YAML)")
+    demo.add_argument(
+        "--max-session-time",
+        metavar="DURATION",
+        help="end sessions after this long (e.g. 30m; the page offers extensions)",
+    )
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -211,7 +217,8 @@ def supervise(workers: int, host: str, port: int) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .authorization.static import Policy, PolicyError
     from .config import ListenAddress
-    from .demo import run_demo
+    from .demo import demo_policy, run_demo
+    from .units import parse_duration
 
     command = shlex.split(args.shell_command) if args.shell_command else [_default_shell()]
     try:
@@ -219,6 +226,9 @@ def _demo(args: argparse.Namespace) -> int:
         policy = (
             Policy.parse(Path(args.policy).read_text(), source=args.policy) if args.policy else None
         )
+        if args.max_session_time is not None:
+            limit = parse_duration(args.max_session_time)
+            policy = dataclasses.replace(policy or demo_policy(), max_session_time=limit)
     except (ValueError, PolicyError, OSError) as exc:
         print(f"terminal-proxy demo: {exc}", file=sys.stderr)
         return 2

@@ -61,22 +61,45 @@ _PLAYER_HEADERS = _PAGE_HEADERS | {
 _RECORDING_NAME = re.compile(r"[a-z0-9-]{0,63}\.?[0-9a-f]{16}")
 
 
+# A time-limited demo session (--max-session-time) may be extended this often, each time
+# by its limit again.
+DEMO_EXTENSIONS = 3
+
+
+def demo_policy() -> Policy:
+    """The built-in policy: one user, no time limit."""
+    return Policy((PolicyUser(DEMO_USER),))
+
+
 def demo_config(
-    listen: ListenAddress, session_server: str, recordings: Path | None = None
+    listen: ListenAddress,
+    session_server: str,
+    recordings: Path | None = None,
+    max_session_time: float = 0.0,
 ) -> Config:
     """Embedded defaults: local only, the session server the only upstream; sessions
-    recorded into ``recordings`` when given (the demo's temporary directory)."""
+    recorded into ``recordings`` when given (the demo's temporary directory). With a time
+    limit the page is warned before the end (5 minutes, or half the limit when shorter)
+    and may extend the session by the limit again, DEMO_EXTENSIONS times."""
     base = default_config()
     recording = base.recording
     if recordings is not None:
         recording = dataclasses.replace(recording, routes=("generic",), dir=str(recordings))
+    session = dataclasses.replace(base.session, shutdown_grace=0.0)
+    if max_session_time > 0:
+        session = dataclasses.replace(
+            session,
+            expiry_warning=min(session.expiry_warning, max_session_time / 2),
+            extension=max_session_time,
+            max_extensions=DEMO_EXTENSIONS,
+        )
     return dataclasses.replace(
         base,
         listen=listen,
         upstream=dataclasses.replace(
             base.upstream, allowed_hosts=(HostPattern.parse(session_server),)
         ),
-        session=dataclasses.replace(base.session, shutdown_grace=0.0),
+        session=session,
         recording=recording,
     )
 
@@ -175,7 +198,7 @@ async def run_demo(
         raise RuntimeError(
             f"the web page is not built ({STATIC_DIR} is missing): run scripts/build-web"
         )
-    policy = policy or Policy((PolicyUser(DEMO_USER),))
+    policy = policy or demo_policy()
     async with contextlib.AsyncExitStack() as stack:
         session_server = await stack.enter_async_context(
             SessionServer(command=list(command), host="127.0.0.1")
@@ -183,7 +206,7 @@ async def run_demo(
         # The demo records its sessions (asciicast v2) into a directory removed at exit.
         recordings = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tp-rec-")))
         authorizer = StaticAuthorizer(policy, session_server)
-        config = demo_config(listen, session_server.host_port, recordings)
+        config = demo_config(listen, session_server.host_port, recordings, policy.max_session_time)
         app = build_app(
             config,
             authorizer=authorizer,

@@ -9,6 +9,7 @@ not skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -51,8 +52,9 @@ class Demo:
         self.base = url.split("/-/login", 1)[0]
 
 
-@pytest.fixture
-async def demo() -> AsyncIterator[Demo]:
+@contextlib.asynccontextmanager
+async def start_demo(*args: str) -> AsyncIterator[Demo]:
+    """``terminal-proxy demo`` as a process, ready once it has printed its login URL."""
     env = {**os.environ, "PS1": "$ ", "TERM": "xterm-256color"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -63,6 +65,7 @@ async def demo() -> AsyncIterator[Demo]:
         "127.0.0.1:0",
         "--command",
         "bash --norc --noprofile",
+        *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -95,6 +98,12 @@ async def demo() -> AsyncIterator[Demo]:
             [*lines, *rest_out.decode().splitlines(), *rest_err.decode().splitlines()],
         )
         assert proc.returncode == 0, rest_err.decode()[-2000:]
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Demo]:
+    async with start_demo() as running:
+        yield running
 
 
 @pytest.fixture
@@ -367,3 +376,25 @@ async def test_recording_plays_in_the_page(chromium: Browser, demo: Demo) -> Non
     response = await anonymous.goto(f"{demo.base}/-/recordings/{session_id}.cast")
     assert response is not None and response.status == 401
     await anonymous.close()
+
+
+async def test_extend_button_extends_a_time_limited_session(chromium: Browser) -> None:
+    """With --max-session-time the page is warned before the end; its Extend button asks
+    for more time and the status line shows the gateway's answer."""
+    async with start_demo("--max-session-time", "10s") as demo:
+        page = await open_terminal(chromium, demo)
+        extend = page.locator("#extend")
+        await extend.wait_for(state="visible", timeout=15_000)  # warned 5 s before the end
+        await extend.click()
+        status = page.locator("#status")
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.startsWith('extended: ')",
+            timeout=15_000,
+        )
+        seconds = int((await status.text_content() or "").split()[-2])
+        assert 10 <= seconds <= 15  # what was left (< 5 s) plus one extension of 10 s
+        assert await extend.is_hidden()
+        await page.locator(".xterm-helper-textarea").focus()
+        await page.keyboard.type("echo still-$((40+2))\n")
+        await wait_for_screen(page, "^still-42$")
+        await page.close()

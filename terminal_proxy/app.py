@@ -129,6 +129,9 @@ def build_app(
     gateway = Gateway(config, authorizer=authorizer, reuse_port=reuse_port)
     app[GATEWAY] = gateway
     gateway.replay_budget.cap = config.session.resume_memory_cap
+    gateway.metrics.sessions_detached.set_function(
+        lambda: sum(1 for session in gateway.resumable.values() if session.detached)
+    )
     if config.recording.routes and config.recording.dir is None:
         raise ValueError("recording.routes is set but recording.dir is not")
     app.router.add_get("/-/health", _health)

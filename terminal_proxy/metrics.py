@@ -31,6 +31,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Handshake stages take milliseconds to seconds; sessions minutes to hours.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# terminal_proxy_resumes outcomes: a success, the browser leaving before its resume
+# message, and every stop reason a refusal can have.
+RESUME_OUTCOMES = (
+    "resumed",
+    "browser_left",
+    StopReason.RESUME_UNKNOWN.value,
+    StopReason.RESUME_EXPIRED.value,
+    StopReason.RESUME_BAD_TOKEN.value,
+    StopReason.RESUME_FORBIDDEN.value,
+    StopReason.AUTH_UNAVAILABLE.value,
+    StopReason.BROWSER_PROTOCOL_ERROR.value,
+)
 _DURATION_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 24 * 3600)
 
 AUTHORIZATION_OUTCOMES = ("granted", "refused", "unavailable", "timeout", "invalid")
@@ -113,6 +125,17 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.resumes = Counter(
+            "terminal_proxy_resumes",
+            "Resume attempts (?resume=): resumed, or the stop reason that refused it.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.sessions_detached = Gauge(
+            "terminal_proxy_sessions_detached",
+            "Resumable sessions whose browser is gone, waiting for a resume.",
+            registry=registry,
+        )
         self.draining = Gauge(
             "terminal_proxy_draining",
             "1 while the gateway drains for shutdown, else 0.",
@@ -123,6 +146,8 @@ class Metrics:
             self.sessions_ended.labels(reason.value)
         for direction in ("in", "out"):
             self.session_bytes.labels(direction)
+        for outcome in RESUME_OUTCOMES:
+            self.resumes.labels(outcome)
         for outcome in AUTHORIZATION_OUTCOMES:
             self.authorizations.labels(outcome)
         for failure in DIAL_FAILURES:

@@ -59,6 +59,7 @@ async def resume_session(
     gateway.metrics.handshakes.labels("101").inc()
 
     async def refuse(stop: Stop) -> web.WebSocketResponse:
+        gateway.metrics.resumes.labels(stop.reason.value).inc()
         log.info(
             "resume refused",
             extra={"fields": fields | {"stop": stop.reason.value, "detail": stop.detail}},
@@ -71,6 +72,7 @@ async def resume_session(
     except ProtocolError as exc:
         return await refuse(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
     if resume is None:
+        gateway.metrics.resumes.labels("browser_left").inc()
         return browser  # the browser left before saying anything
     if resume.session != session_id:
         return await refuse(
@@ -107,6 +109,7 @@ async def resume_session(
     except ProtocolError as exc:
         return await refuse(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
     fields.update(client=browser_request.client_ip, resumes=session.resumes)
+    gateway.metrics.resumes.labels("resumed").inc()
     log.info("session resumed", extra={"fields": fields})
     if gateway.audit is not None:
         gateway.audit.emit("session_resume", fields | {"user": session.grant.user or "-"})

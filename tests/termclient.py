@@ -151,6 +151,13 @@ class Term:
         return self.close_code, self.close_reason
 
 
+def drop(term: Term) -> None:
+    """Kill the client's TCP connection: no close frame, nothing flushed."""
+    connection = term.ws._conn
+    assert connection is not None and connection.transport is not None
+    connection.transport.abort()
+
+
 async def open_term(
     session: aiohttp.ClientSession,
     url: str,

@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +16,29 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from terminal_proxy.app import GATEWAY
+from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.logcapture import remember_secret
-from tests.termclient import Term, open_term, raw_handshake
+from tests.termclient import Term, drop, open_term, raw_handshake, resume_term, wait_hello
+
+
+def sessions_ended(count: int) -> AbstractContextManager[asyncio.Event]:
+    """An event set once ``count`` "session ended" lines were logged (metrics and audit
+    are written in the same step, just before and after that line)."""
+    return logged("session ended", count)
 
 
 @contextmanager
-def sessions_ended(count: int) -> Iterator[asyncio.Event]:
-    """An event set once ``count`` "session ended" lines were logged (metrics and audit
-    are written in the same step, just before and after that line)."""
+def logged(prefix: str, count: int = 1) -> Iterator[asyncio.Event]:
+    """An event set once ``count`` session log lines starting with ``prefix`` were logged."""
     done = asyncio.Event()
     seen = 0
 
     class Watch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             nonlocal seen
-            if record.getMessage() == "session ended":
+            if record.getMessage().startswith(prefix):
                 seen += 1
                 if seen >= count:
                     done.set()
@@ -222,6 +228,33 @@ async def test_metrics_follow_sessions(
     assert samples['terminal_proxy_handshakes_total{status="403"}'] == 1
     assert samples["terminal_proxy_session_duration_seconds_count"] == 1
     assert "terminal_proxy_handshakes_total" not in str(await scrape(browser, other))
+
+
+async def test_resumes_and_detached_sessions_are_counted(
+    metered: GatewayFactory, kube: Kube, browser: aiohttp.ClientSession
+) -> None:
+    """A dropped v1.terminal-proxy session counts as detached until it is resumed; each
+    resume attempt is counted by outcome."""
+    server = await metered()
+    url = str(server.make_url(ENV_PATH))
+    term = await open_term(browser, url, TERMINAL_PROXY)
+    await wait_hello(term)
+    with logged("session ") as detached:
+        drop(term)
+        async with asyncio.timeout(10):
+            await detached.wait()  # "session …: browser detached (…)"
+    samples = await scrape(browser, server)
+    assert samples["terminal_proxy_sessions_detached"] == 1
+    refused = await resume_term(browser, url, term, token="not-the-token")
+    assert refused.close_code == 4009
+    resumed = await resume_term(browser, url, term)
+    assert resumed.hello is not None and resumed.hello.resumed
+    samples = await scrape(browser, server)
+    assert samples['terminal_proxy_resumes_total{outcome="resume_bad_token"}'] == 1
+    assert samples['terminal_proxy_resumes_total{outcome="resumed"}'] == 1
+    assert samples['terminal_proxy_resumes_total{outcome="resume_unknown"}'] == 0
+    assert samples["terminal_proxy_sessions_detached"] == 0
+    await resumed.ws.close()
 
 
 async def test_dial_failures_are_counted(

@@ -20,15 +20,8 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import blob_bytes
-from tests.termclient import Term, open_term, resume_term, wait_hello
+from tests.termclient import Term, drop, open_term, resume_term, wait_hello
 from tests.test_production import use_native
-
-
-def drop(term: Term) -> None:
-    """Kill the client's TCP connection: no close frame, nothing flushed."""
-    connection = term.ws._conn
-    assert connection is not None and connection.transport is not None
-    connection.transport.abort()
 
 
 async def _open(

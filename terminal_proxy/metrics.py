@@ -14,7 +14,15 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .authorization import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
+from .authorization import (
+    Authorizer,
+    BrowserRequest,
+    Extension,
+    Grant,
+    PassBack,
+    extend_by,
+    offer_of,
+)
 from .errors import (
     AuthorizationError,
     AuthorizationTimeout,
@@ -220,14 +228,10 @@ class ObservedAuthorizer:
         return answer
 
     def extension_offer(self, request: BrowserRequest) -> float | None:
-        if isinstance(self.inner, Extender):
-            return self.inner.extension_offer(request)
-        return None
+        return offer_of(self.inner, request)
 
     async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
-        if not isinstance(self.inner, Extender):
-            return Extension(None, "no extension available")
-        return await self.inner.extend(request, grant)
+        return await extend_by(self.inner, request, grant)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

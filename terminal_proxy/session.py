@@ -27,7 +27,15 @@ from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType, web
 
-from .authorization import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
+from .authorization import (
+    Authorizer,
+    BrowserRequest,
+    Extension,
+    Grant,
+    PassBack,
+    extend_by,
+    offer_of,
+)
 from .errors import AuthorizationError
 from .protocols import (
     TERMINAL_PROXY,
@@ -256,11 +264,6 @@ class Session:
         self._limit_total = 0.0
         self._warn_timer: asyncio.TimerHandle | None = None
         self._extensions = 0
-        # The seconds one extension adds when the authorizer owns this session's time
-        # limit (a provisioned terminal's expiry); None: session.extension applies.
-        self._offer: float | None = (
-            authorizer.extension_offer(request) if isinstance(authorizer, Extender) else None
-        )
         # The authorizer's ceiling was reached: the next warning says "not extendable".
         self._capped = False
         self._control_tasks: set[asyncio.Task[None]] = set()
@@ -817,8 +820,10 @@ class Session:
             self._warn_timer = loop.call_later(max(0.0, remaining - warning), self._warn)
 
     def _extendable(self) -> bool:
-        if self._offer is not None:
-            return self._offer > 0 and not self._capped
+        # Asked when needed (a warning, a request), not per session set-up.
+        offer = offer_of(self._authorizer, self._request)
+        if offer is not None:
+            return offer > 0 and not self._capped
         return self._limits.extension > 0 and self._extensions < self._limits.max_extensions
 
     def _warn(self) -> None:
@@ -877,9 +882,8 @@ class Session:
     async def _authorized_extension(self) -> Extension:
         """Re-authorization decides; an authorizer that owns the time limit (``Extender``)
         also extends it where it lives."""
-        if self._offer is not None:
-            assert isinstance(self._authorizer, Extender)
-            return await self._authorizer.extend(self._request, self._grant)
+        if offer_of(self._authorizer, self._request) is not None:
+            return await extend_by(self._authorizer, self._request, self._grant)
         answer = await self._authorizer.reauthorize(self._request, self._grant)
         if isinstance(answer, PassBack) or answer != self._grant:
             return Extension(None, "authorization does not allow it")

@@ -21,6 +21,8 @@ __all__ = [
     "Grant",
     "PassBack",
     "RecordingRequest",
+    "extend_by",
+    "offer_of",
 ]
 
 
@@ -116,3 +118,16 @@ class Extender(Protocol):
         """Re-authorize and extend; raise AuthorizationError subclasses when the decision
         cannot be made."""
         ...
+
+
+def offer_of(authorizer: object, request: BrowserRequest) -> float | None:
+    """``authorizer``'s extension offer for ``request`` when it is an Extender, else None
+    (``session.extension`` applies)."""
+    return authorizer.extension_offer(request) if isinstance(authorizer, Extender) else None
+
+
+async def extend_by(authorizer: object, request: BrowserRequest, grant: Grant) -> Extension:
+    """``authorizer``'s extension when it is an Extender, else a refusal."""
+    if not isinstance(authorizer, Extender):
+        return Extension(None, "no extension available")
+    return await authorizer.extend(request, grant)

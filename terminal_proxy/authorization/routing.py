@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from ..config import PROVISION_KINDS, Config, UpstreamConfig
-from . import Authorizer, BrowserRequest, Extender, Extension, Grant, PassBack
+from . import Authorizer, BrowserRequest, Extension, Grant, PassBack, extend_by, offer_of
 from .kubernetes import Cluster, KubernetesAuthorizer, load_clusters, match_route, passback
 
 __all__ = ["RoutingAuthorizer", "uses_kubernetes", "with_kubernetes"]
@@ -62,16 +62,10 @@ class RoutingAuthorizer:
         return await authorizer.reauthorize(request, grant)
 
     def extension_offer(self, request: BrowserRequest) -> float | None:
-        authorizer = self._for(request)
-        if isinstance(authorizer, Extender):
-            return authorizer.extension_offer(request)
-        return None
+        return offer_of(self._for(request), request)
 
     async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
-        authorizer = self._for(request)
-        if not isinstance(authorizer, Extender):
-            return Extension(None, "no extension available")
-        return await authorizer.extend(request, grant)
+        return await extend_by(self._for(request), request, grant)
 
     async def aclose(self) -> None:
         try:

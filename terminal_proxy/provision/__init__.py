@@ -251,17 +251,20 @@ class ProvisionAuthorizer:
         target = self._target(request)
         if isinstance(target, PassBack):
             return target
-        cluster, identity, namespace = target.cluster, target.identity, target.namespace
+        denied = await self._recheck(target, grant)
+        return grant if denied is None else denied
+
+    async def _recheck(self, target: _Target, grant: Grant) -> PassBack | None:
+        """Same user, the review still allows it, and the heartbeat finds the terminal."""
+        identity = target.identity
         if identity.user != grant.user or identity.groups != grant.groups:
             return passback(403, "the user identity changed")
         denied = await self._allowed(target)
         if denied is not None:
             return denied
-        pod = grant.details.target.pod
-        assert pod is not None
-        if not await self.heartbeat(cluster, namespace, pod):
+        if not await self.heartbeat(target.cluster, target.namespace, _pod(grant)):
             return passback(410, "the terminal was removed (expired or cleaned up)")
-        return grant
+        return None
 
     async def heartbeat(self, cluster: Cluster, namespace: str, name: str) -> bool:
         """Write the heartbeat annotation; False if the terminal is gone."""
@@ -274,14 +277,9 @@ class ProvisionAuthorizer:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise AuthorizationUnavailable(
-                f"cluster {cluster.name} refused the terminal's heartbeat: HTTP {exc.status}",
-                detail=f"heartbeat of {namespace}/{name}: {status_message(exc)}",
-            ) from exc
+            raise _unavailable(cluster, "heartbeat", namespace, name, exc) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise AuthorizationUnavailable(
-                f"cluster {cluster.name} is unreachable", detail=f"heartbeat: {_why(exc)}"
-            ) from exc
+            raise _unavailable(cluster, "heartbeat", namespace, name, exc) from exc
         return True
 
     # Extensions (the Extender protocol) ---------------------------------------------------
@@ -294,14 +292,10 @@ class ProvisionAuthorizer:
     async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
         """Re-run the review (and heartbeat), then move the terminal's expiry on by
         ``extension``, at most to its creation + ``max_expiry``."""
-        answer = await self.reauthorize(request, grant)
-        if isinstance(answer, PassBack):
-            return Extension(None, "authorization does not allow it")
         target = self._target(request)
-        assert not isinstance(target, PassBack)  # reauthorize said yes to the same request
-        pod = grant.details.target.pod
-        assert pod is not None
-        return await self.extend_terminal(target.cluster, target.namespace, pod)
+        if isinstance(target, PassBack) or await self._recheck(target, grant) is not None:
+            return Extension(None, "authorization does not allow it")
+        return await self.extend_terminal(target.cluster, target.namespace, _pod(grant))
 
     async def extend_terminal(self, cluster: Cluster, namespace: str, name: str) -> Extension:
         """Write a later expires-at on the parent. The write is conditional on the
@@ -316,9 +310,9 @@ class ProvisionAuthorizer:
             except ApiException as exc:
                 if exc.status == 404:
                     return Extension(None, "the terminal was removed")
-                raise self._extension_failed(cluster, namespace, name, exc) from exc
+                raise _unavailable(cluster, "extension", namespace, name, exc) from exc
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise self._extension_failed(cluster, namespace, name, exc) from exc
+                raise _unavailable(cluster, "extension", namespace, name, exc) from exc
             expires = _number(_annotation(parent, ANNOTATION_EXPIRES))
             # Terminals created before max-expires-at existed cannot be extended.
             ceiling = _number(_annotation(parent, ANNOTATION_MAX_EXPIRES)) or expires
@@ -345,9 +339,9 @@ class ProvisionAuthorizer:
                     continue  # extended (or heartbeated) meanwhile: read it again
                 if exc.status == 404:
                     return Extension(None, "the terminal was removed")
-                raise self._extension_failed(cluster, namespace, name, exc) from exc
+                raise _unavailable(cluster, "extension", namespace, name, exc) from exc
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise self._extension_failed(cluster, namespace, name, exc) from exc
+                raise _unavailable(cluster, "extension", namespace, name, exc) from exc
             log.info(
                 "cluster %s: terminal %s/%s extended by %ds (expires in %ds)",
                 cluster.name,
@@ -360,18 +354,6 @@ class ProvisionAuthorizer:
         raise AuthorizationUnavailable(
             f"cluster {cluster.name}: the terminal's expiry kept changing",
             detail=f"extend {namespace}/{name}: 3 conflicting writes",
-        )
-
-    def _extension_failed(
-        self, cluster: Cluster, namespace: str, name: str, exc: BaseException
-    ) -> AuthorizationUnavailable:
-        if isinstance(exc, ApiException):
-            return AuthorizationUnavailable(
-                f"cluster {cluster.name} refused the terminal's extension: HTTP {exc.status}",
-                detail=f"extend {namespace}/{name}: {status_message(exc)}",
-            )
-        return AuthorizationUnavailable(
-            f"cluster {cluster.name} is unreachable", detail=f"extend: {_why(exc)}"
         )
 
     async def aclose_terminal(self, cluster: Cluster, namespace: str, name: str) -> None:
@@ -671,6 +653,28 @@ class ProvisionAuthorizer:
 
 def _exec_check(namespace: str) -> AccessCheck:
     return AccessCheck("create", "pods", namespace, subresource="exec")
+
+
+def _pod(grant: Grant) -> str:
+    """The terminal (its parent and pod share the name) a provisioned grant execs into."""
+    pod = grant.details.target.pod
+    assert pod is not None
+    return pod
+
+
+def _unavailable(
+    cluster: Cluster, what: str, namespace: str, name: str, exc: BaseException
+) -> AuthorizationUnavailable:
+    """The cluster refused (an API error) or could not be reached for the terminal's
+    ``what`` (heartbeat, extension)."""
+    if isinstance(exc, ApiException):
+        return AuthorizationUnavailable(
+            f"cluster {cluster.name} refused the terminal's {what}: HTTP {exc.status}",
+            detail=f"{what} of {namespace}/{name}: {status_message(exc)}",
+        )
+    return AuthorizationUnavailable(
+        f"cluster {cluster.name} is unreachable", detail=f"{what}: {_why(exc)}"
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -18,7 +18,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 from yarl import URL
@@ -41,10 +40,11 @@ from .errors import (
 )
 from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
-from .recording import Recorder, RecordingSettings
 from .replay import ReplayBudget
 from .resume import remember_end, resume_session
-from .session import Session, SessionLimits, Stop, StopReason
+from .session.recording import start_recording, wants_recording
+from .session.relay import Session, SessionLimits
+from .session.stop import Stop, StopReason
 from .tasks import spawn
 from .upstream import Dialer
 
@@ -390,8 +390,7 @@ async def _terminal(
     user_key, (browser, session, fields) = opened
 
     fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
-    wanted = session.grant.recording
-    if wanted.enabled if wanted is not None else route in config.recording.routes:
+    if wants_recording(config.recording, route, session.grant.recording):
         _start_recording(gateway, session, fields)
     session_log.info("session opened", extra={"fields": fields})
     assert gateway.audit is not None
@@ -399,7 +398,7 @@ async def _terminal(
     gateway.metrics.handshakes.labels("101").inc()
     gateway.metrics.sessions_active.inc()
     gateway.sessions.add(session)
-    if not session.resumable:
+    if session.resume is None:
         await _run_session(gateway, session, user_key, fields)
         return browser
     # A resumable session outlives this handler: aiohttp cancels the handler when the
@@ -428,7 +427,10 @@ async def _run_session(
         stop = session.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
         end = fields | _end_fields(session, stop)
         gateway.metrics.session_ended(
-            stop.reason, session.bytes_in, session.bytes_out, time.monotonic() - session.started
+            stop.reason,
+            session.traffic.bytes_in,
+            session.traffic.bytes_out,
+            time.monotonic() - session.started,
         )
         session_log.info("session ended", extra={"fields": end})
         gateway.audit.emit("session_end", end)
@@ -524,36 +526,19 @@ async def _handshake(
 
 
 def _start_recording(gateway: Gateway, session: Session, fields: dict[str, object]) -> None:
-    """Start the session's recording (docs/recording.md); apply the policy on failure."""
-    config = gateway.config.recording
-    wanted = session.grant.recording
+    """Start the session's recording (docs/recording.md); the policy applies on failure."""
     assert gateway.audit is not None
-    required = config.policy == "required"
-    record_input = config.input
-    if wanted is not None:
-        required = required if wanted.required is None else wanted.required
-        record_input = record_input if wanted.input is None else wanted.input
-    try:
-        if config.dir is None:
-            raise FileNotFoundError(0, "recording.dir is not set")
-        settings = RecordingSettings(
-            Path(config.dir),
-            max_size=config.max_size,
-            spool_quota=config.spool_quota,
-            required=required,
-            record_input=record_input,
-        )
-        recorder = Recorder.start(settings, session.id, dict(fields))
-    except OSError as exc:
-        error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        log.warning("session %s: recording could not start: %s", session.id, error)
-        if required:
-            session.request_stop(Stop(StopReason.RECORDING_FAILED, error))
-        else:
-            gateway.audit.emit("recording_failed", {"session": session.id, "error": error})
-        return
-    fields["recording"] = recorder.path.name
-    session.start_recording(recorder, gateway.audit.emit)
+    tap = start_recording(
+        gateway.config.recording,
+        session.grant.recording,
+        session_id=session.id,
+        meta=fields,
+        audit=gateway.audit.emit,
+        stop=session.request_stop,
+    )
+    if tap is not None:
+        fields["recording"] = tap.name
+        session.recording = tap
 
 
 def _browser_socket(config: Config, chosen: str) -> BrowserSocket:
@@ -646,8 +631,8 @@ def _end_fields(session: Session, stop: Stop) -> dict[str, object]:
         "exit_code": "-" if stop.exit_code is None else stop.exit_code,
         "browser_close": session.browser.close_code or stop.browser_code,
         "upstream_close": session.upstream.close_code,
-        "bytes_in": session.bytes_in,
-        "bytes_out": session.bytes_out,
+        "bytes_in": session.traffic.bytes_in,
+        "bytes_out": session.traffic.bytes_out,
         "duration_s": round(time.monotonic() - session.started, 3),
     }
 

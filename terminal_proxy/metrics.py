@@ -31,7 +31,7 @@ from .errors import (
     UpstreamNotAllowed,
     UpstreamTimeout,
 )
-from .session import StopReason
+from .session.stop import StopReason
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ObservedAuthorizer", "dial_failure_reason"]
 

@@ -21,7 +21,9 @@ from aiohttp import WSMsgType, web
 from .authorization import BrowserRequest, PassBack
 from .errors import AuthorizationError
 from .protocols import Opcode, ProtocolError, Resume, Role, codec_for
-from .session import SessionGone, Stop, StopReason, close_socket
+from .session.links import SessionGone
+from .session.sockets import close_socket
+from .session.stop import Stop, StopReason
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -79,22 +81,23 @@ async def resume_session(
             Stop(StopReason.BROWSER_PROTOCOL_ERROR, "resume: session differs from the URL's")
         )
     session = gateway.resumable.get(session_id)
-    if session is None:
+    link = None if session is None else session.resume
+    if session is None or link is None:
         if gateway.ended.get(session_id) is StopReason.RESUME_EXPIRED:
             return await refuse(Stop(StopReason.RESUME_EXPIRED))
         return await refuse(Stop(StopReason.RESUME_UNKNOWN))
-    digest = session.take_token(resume.token)
+    digest = link.take_token(resume.token)
     if digest is None:
         return await refuse(Stop(StopReason.RESUME_BAD_TOKEN))
     assert gateway.session_authorizer is not None
     try:
         answer = await gateway.session_authorizer.reauthorize(browser_request, session.grant)
     except AuthorizationError as exc:
-        session.restore_token(digest)
+        link.restore_token(digest)
         return await refuse(Stop(StopReason.AUTH_UNAVAILABLE, exc.public))
     if isinstance(answer, PassBack) or answer != session.grant:
         # A refused resume does not use the token up: only a successful one does.
-        session.restore_token(digest)
+        link.restore_token(digest)
         if isinstance(answer, PassBack) and answer.status >= 500:
             return await refuse(Stop(StopReason.AUTH_UNAVAILABLE, f"status {answer.status}"))
         if isinstance(answer, PassBack):
@@ -103,12 +106,14 @@ async def resume_session(
             detail = "authorization names another user or terminal"
         return await refuse(Stop(StopReason.RESUME_FORBIDDEN, detail))
     try:
-        released = await session.attach(browser, resume)
+        released = await link.attach(
+            browser, resume, session.traffic.input_offset, session.remaining()
+        )
     except SessionGone:
         return await refuse(Stop(StopReason.RESUME_UNKNOWN, "session ended"))
     except ProtocolError as exc:
         return await refuse(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
-    fields.update(client=browser_request.client_ip, resumes=session.resumes)
+    fields.update(client=browser_request.client_ip, resumes=link.resumes)
     gateway.metrics.resumes.labels("resumed").inc()
     log.info("session resumed", extra={"fields": fields})
     if gateway.audit is not None:

@@ -23,8 +23,8 @@ from terminal_proxy.config import Config, load_config
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import ExecSession, FakeKubeApiServer
 from tests.fakes.runner_session import FakeRunnerSession
+from tests.logcapture import LOG_PATH, leaked_secrets, remember_secret
 from tests.logcapture import install as install_log_capture
-from tests.logcapture import remember_secret
 
 # One unit for every safety-net timeout, scalable on slow machines.
 UNIT = float(os.environ.get("TERMINAL_PROXY_TEST_TIMEOUT_FACTOR", "1"))
@@ -32,6 +32,19 @@ UNIT = float(os.environ.get("TERMINAL_PROXY_TEST_TIMEOUT_FACTOR", "1"))
 
 def pytest_configure(config: pytest.Config) -> None:
     install_log_capture()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """However the tests were selected or ordered: no token, session id, cookie, secret or
+    JWT that any test used was logged (test-output/full-run.log, subprocesses included)."""
+    leaked = leaked_secrets()
+    if leaked:
+        shown = [s[:6] + "…" for s in leaked]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"SECRETS LEAKED: {len(leaked)} secret(s) found in {LOG_PATH}: {shown}"
+        if reporter is not None:
+            reporter.write_line(message, red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)

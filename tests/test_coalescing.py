@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from terminal_proxy.session import COALESCE_LIMIT
+from terminal_proxy.session.links import COALESCE_LIMIT
 from tests.conftest import ENV_PATH, GatewayFactory
 from tests.fakes.auth_api import FakeAuthApi
 from tests.termclient import open_term

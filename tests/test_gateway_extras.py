@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from terminal_proxy.session import CLOSE_CODES
+from terminal_proxy.session.stop import CLOSE_CODES
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.termclient import open_term

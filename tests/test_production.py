@@ -242,7 +242,7 @@ async def test_resumes_and_detached_sessions_are_counted(
     with logged("session ") as detached:
         drop(term)
         async with asyncio.timeout(10):
-            await detached.wait()  # "session …: browser detached (…)"
+            await detached.wait()  # "session detached"
     samples = await scrape(browser, server)
     assert samples["terminal_proxy_sessions_detached"] == 1
     refused = await resume_term(browser, url, term, token="not-the-token")

@@ -1,0 +1,108 @@
+"""The two things a session talks to, as the session sees them: WebSocket ends.
+
+``Socket`` is the part of aiohttp's server and client WebSockets the session uses, so the
+relay and the browser links take any object of that shape: aiohttp's sockets in the
+gateway, small fakes in the unit tests (tests/session/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence, Sized
+from typing import Any, Protocol
+
+from aiohttp import WSMessage, WSMsgType
+
+from ..protocols import Frame
+from .stop import Stop, StopReason, reason_bytes
+
+__all__ = [
+    "DATA",
+    "Socket",
+    "Traffic",
+    "close_socket",
+    "is_too_big",
+    "left",
+    "parsed_queue",
+    "send_frames",
+]
+
+DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
+
+
+class Socket(Protocol):
+    """One WebSocket end: aiohttp's ``WebSocketResponse`` or ``ClientWebSocketResponse``."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def receive(self) -> WSMessage: ...
+
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class Traffic:
+    """What crossed a session: payload bytes each way (wire sizes), input bytes given to
+    the upstream, and the loop time of the last data frame (for the idle timeout)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "input_offset", "last_activity")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # Stdin bytes given to the upstream (a resuming browser re-sends from here).
+        self.input_offset = 0
+        self.last_activity = 0.0
+
+
+def parsed_queue(ws: object) -> Sized:
+    """The messages aiohttp has parsed and queued but not yet returned by ``receive()``.
+
+    aiohttp has no public "is a message ready" check, so this looks at the reader's
+    queue. If a future aiohttp moves it (or ``ws`` is not aiohttp's), the result is always
+    empty: every message is then sent on its own (correct, just without coalescing).
+    """
+    queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
+    return queue if isinstance(queue, Sized) else ()
+
+
+async def send_frames(ws: Socket, frames: Sequence[Frame]) -> int:
+    """Send one event's frames; the bytes sent, or -1 when the peer is gone."""
+    sent = 0
+    for opcode, data in frames:
+        try:
+            await ws.send_frame(data, WSMsgType(opcode))
+        except ConnectionError:
+            return -1
+        sent += len(data)
+    return sent
+
+
+async def close_socket(ws: Socket, stop: Stop, close_timeout: float) -> None:
+    """Close one browser socket with ``stop``'s code and reason, within ``close_timeout``."""
+    if ws.closed:
+        return
+    try:
+        async with asyncio.timeout(close_timeout):
+            await ws.close(code=stop.browser_code, message=reason_bytes(stop.browser_reason))
+    except (TimeoutError, ConnectionError):
+        pass
+
+
+def is_too_big(exc: Any) -> bool:
+    return getattr(exc, "code", None) == 1009
+
+
+def left(msg: WSMessage, ws: Socket) -> Stop:
+    """Why a browser socket's non-data message ends its reading."""
+    if msg.type is WSMsgType.ERROR and is_too_big(msg.data):
+        return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
+    code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
+    return Stop(StopReason.BROWSER_LEFT, f"browser closed ({code})")

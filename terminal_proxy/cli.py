@@ -323,8 +323,8 @@ def _reload(app: web.Application, tls: ssl.SSLContext | None) -> None:
             log.error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", exc)
         else:
             log.info("SIGHUP: TLS certificate reloaded from %s", gateway.config.tls.cert_file)
-    if gateway.audit is not None:
+    if gateway.running is not None:
         try:
-            gateway.audit.reopen()
+            gateway.running.audit.reopen()
         except OSError as exc:
             log.error("SIGHUP: audit file not reopened: %s", exc)

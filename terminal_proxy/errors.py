@@ -13,6 +13,7 @@ shares the request id.
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
     │   ├── OriginRejected            403: cross-origin page
     │   └── MethodNotAllowed          405
+    ├── LimitReached                  503/429 + Retry-After: one of limits.* (``limit``)
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
     │   ├── AuthorizationTimeout      504
@@ -31,6 +32,7 @@ __all__ = [
     "AuthorizationUnavailable",
     "GatewayError",
     "InvalidAuthorization",
+    "LimitReached",
     "MethodNotAllowed",
     "NoCommonSubprotocol",
     "NotWebSocket",
@@ -80,6 +82,15 @@ class OriginRejected(RequestRejected):
 
 class MethodNotAllowed(RequestRejected):
     status = 405
+
+
+class LimitReached(GatewayError):
+    """One of ``limits.*`` refused the request; ``limit`` names it (metrics label)."""
+
+    def __init__(self, limit: str, status: int, public: str) -> None:
+        super().__init__(public)
+        self.limit = limit
+        self.status = status
 
 
 class AuthorizationError(GatewayError):

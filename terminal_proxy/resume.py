@@ -13,40 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from .authorization import BrowserRequest, PassBack
 from .errors import AuthorizationError
+from .gateway import Gateway, Services
 from .protocols import Opcode, ProtocolError, Resume, Role, codec_for
 from .session.links import SessionGone
 from .session.sockets import close_socket
 from .session.stop import Stop, StopReason
 
-if TYPE_CHECKING:
-    from .app import Gateway
-
-__all__ = ["ENDED_KEPT", "remember_end", "resume_session"]
+__all__ = ["FIRST_MESSAGE_TIMEOUT", "resume_session"]
 
 log = logging.getLogger("terminal_proxy.session")
 
-# How many ended session ids the gateway remembers, to answer a late resume precisely.
-ENDED_KEPT = 10_000
 # How long the first message may take when limits.handshake_timeout is off.
 FIRST_MESSAGE_TIMEOUT = 30.0
-
-
-def remember_end(ended: OrderedDict[str, StopReason], session_id: str, reason: StopReason) -> None:
-    ended[session_id] = reason
-    while len(ended) > ENDED_KEPT:
-        ended.popitem(last=False)
 
 
 async def resume_session(
     request: web.Request,
     gateway: Gateway,
+    services: Services,
     route: str,
     request_id: str,
     browser_request: BrowserRequest,
@@ -80,18 +69,18 @@ async def resume_session(
         return await refuse(
             Stop(StopReason.BROWSER_PROTOCOL_ERROR, "resume: session differs from the URL's")
         )
-    session = gateway.resumable.get(session_id)
+    registry = gateway.registry
+    session = registry.resumable.get(session_id)
     link = None if session is None else session.resume
     if session is None or link is None:
-        if gateway.ended.get(session_id) is StopReason.RESUME_EXPIRED:
+        if registry.ended.get(session_id) is StopReason.RESUME_EXPIRED:
             return await refuse(Stop(StopReason.RESUME_EXPIRED))
         return await refuse(Stop(StopReason.RESUME_UNKNOWN))
     digest = link.take_token(resume.token)
     if digest is None:
         return await refuse(Stop(StopReason.RESUME_BAD_TOKEN))
-    assert gateway.session_authorizer is not None
     try:
-        answer = await gateway.session_authorizer.reauthorize(browser_request, session.grant)
+        answer = await services.session_authorizer.reauthorize(browser_request, session.grant)
     except AuthorizationError as exc:
         link.restore_token(digest)
         return await refuse(Stop(StopReason.AUTH_UNAVAILABLE, exc.public))
@@ -116,8 +105,7 @@ async def resume_session(
     fields.update(client=browser_request.client_ip, resumes=link.resumes)
     gateway.metrics.resumes.labels("resumed").inc()
     log.info("session resumed", extra={"fields": fields})
-    if gateway.audit is not None:
-        gateway.audit.emit("session_resume", fields | {"user": session.grant.user or "-"})
+    services.audit.emit("session_resume", fields | {"user": session.grant.user or "-"})
     await _wait(released)
     return browser
 

@@ -135,7 +135,7 @@ def provision_config(
 
 def provisioner(server: TestServer, kind: str = "kubernetes-provision") -> ProvisionAuthorizer:
     """The gateway's provisioner (one serves both provisioning kinds)."""
-    routing = server.app[GATEWAY].authorizer
+    routing = server.app[GATEWAY].services().authorizer
     assert isinstance(routing, RoutingAuthorizer)
     found = routing.authorizer_for_kind(kind)
     assert isinstance(found, ProvisionAuthorizer)

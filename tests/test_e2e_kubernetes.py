@@ -95,7 +95,7 @@ async def test_provisioned_terminal_on_a_real_cluster(e2e_user: str, tmp_path: P
         await term.read_until(b"e2e-42")
         await term.ws.close()
 
-        routing = server.app[GATEWAY].authorizer
+        routing = server.app[GATEWAY].services().authorizer
         assert isinstance(routing, RoutingAuthorizer)
         provisioner = routing.authorizer_for_kind("kubernetes-provision")
         assert isinstance(provisioner, ProvisionAuthorizer)

@@ -391,7 +391,7 @@ async def test_heartbeat_cleanup_and_revocation(
 
         now[0] += 240
         await fake.wait_for(lambda: heartbeat() == now[0])
-        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        cluster = server.app[GATEWAY].services().authorizer._clusters["dev"]  # type: ignore[attr-defined]
         assert await prov.sweep(cluster) == []
         # Revocation mid-session: alice may still exec, but no longer create pods.
         rbac.grants = [(s, r) for s, r in rbac.grants if s != "alice"]

@@ -186,7 +186,7 @@ async def test_handshake_timeout_is_504(
     auth_api.set_mode("stall")
     status, body, _ = await raw_handshake(browser, str(server.make_url(ENV_PATH)))
     assert status == 504 and "handshake timeout" in body
-    assert server.app[GATEWAY].pending == 0
+    assert server.app[GATEWAY].registry.pending == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,5 +337,5 @@ async def test_audit_events_for_open_and_end(
 
 async def test_audit_is_off_by_default(gateway: TestServer, browser: aiohttp.ClientSession) -> None:
     """Without audit.enabled nothing is written."""
-    audit = gateway.app[GATEWAY].audit
+    audit = gateway.app[GATEWAY].services().audit
     assert audit is not None and not audit.enabled

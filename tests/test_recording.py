@@ -53,7 +53,7 @@ async def test_scripted_session_is_recorded_and_plays_back(
     )
     term = await open_term(browser, str(server.make_url(ENV_PATH)), V5)
     session = await kube.next_session()
-    (relay,) = server.app[GATEWAY].sessions
+    (relay,) = server.app[GATEWAY].registry.live
     await term.resize(100, 30)
     await session.wait_for_resize(100, 30)
     typed = "echo grüße\rexit 0\r"
@@ -205,7 +205,7 @@ async def test_resume_and_extension_are_marked(
     term = await open_term(browser, url, TERMINAL_PROXY)
     await wait_hello(term)
     await kube.next_session()
-    (relay,) = server.app[GATEWAY].sessions
+    (relay,) = server.app[GATEWAY].registry.live
     await term.send_stdin(b"echo one\r")
     await term.read_until(b"\r\none\r\n")
     drop(term)
@@ -246,7 +246,7 @@ async def _native_session(
         auth_api.body = body  # type: ignore[method-assign]
     server = await make_gateway(authorization={"contract": "native"}, **overrides)
     term = await open_term(browser, str(server.make_url(ENV_PATH)), V5)
-    (relay,) = server.app[GATEWAY].sessions
+    (relay,) = server.app[GATEWAY].registry.live
     return term, relay
 
 

@@ -36,9 +36,9 @@ async def _open(
 async def _ended(server: TestServer, session_id: str) -> str:
     """Wait for the session to end; its stop reason."""
     gateway = server.app[GATEWAY]
-    session = gateway.resumable.get(session_id)
+    session = gateway.registry.resumable.get(session_id)
     if session is None:
-        return gateway.ended[session_id].value
+        return gateway.registry.ended[session_id].value
     async with asyncio.timeout(10):
         await asyncio.shield(session.done)
     assert session.stop is not None

@@ -42,6 +42,10 @@ class BrowserRequest:
     # The TCP peer itself (a proxy, or the browser), before any X-Forwarded-For: what
     # decides whether identity headers set by an authenticating proxy are believed.
     peer: str = ""
+    # The route the gateway matched (its name) and the pattern's named groups: matched
+    # once, by the gateway, for every authorizer.
+    route: str = ""
+    params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType
 
 from ..authorization import Authorizer, BrowserRequest, Grant
+from ..observability import SessionEnd, ended_fields
 from ..protocols import (
     TERMINAL_PROXY,
     Ack,
@@ -194,7 +195,8 @@ class Session:
             return await self._run()
         finally:
             if self.recording is not None:
-                self.recording.finish(self._recording_end())
+                target = self.grant.details.target.describe()
+                self.recording.finish(ended_fields(self.summary()) | {"target": target})
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -357,21 +359,20 @@ class Session:
         log.info("extension answered", extra={"fields": fields})
         await self.links.send_event(answer)
 
-    def _recording_end(self) -> dict[str, Any]:
-        stop = self.stop
-        return {
-            "session": self.id,
-            "user": self.grant.user,
-            "target": self.grant.details.target.describe(),
-            "exit_code": None if self.exit is None else self.exit.code,
-            "stop": None if stop is None else stop.reason.value,
-            "stop_detail": None if stop is None else stop.detail,
-            "bytes_in": self.traffic.bytes_in,
-            "bytes_out": self.traffic.bytes_out,
-            "resumes": self.links.owner.resumes,
-            "extensions": 0 if self.deadline is None else self.deadline.extensions,
-            "duration_s": round(time.monotonic() - self.started, 3),
-        }
+    def summary(self) -> SessionEnd:
+        """How the session ended, for its log line, audit event and recording."""
+        stop = self.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
+        return SessionEnd(
+            stop=stop,
+            exit_code=stop.exit_code if self.exit is None else self.exit.code,
+            browser_close=self.browser.close_code,
+            upstream_close=self.upstream.close_code,
+            bytes_in=self.traffic.bytes_in,
+            bytes_out=self.traffic.bytes_out,
+            duration_s=time.monotonic() - self.started,
+            resumes=self.links.owner.resumes,
+            extensions=0 if self.deadline is None else self.deadline.extensions,
+        )
 
 
 class _BrowserSide:

@@ -1,0 +1,361 @@
+"""One terminal request, top to bottom: dispatch → checks → authorize → dial → upgrade → run.
+
+``dispatch`` matches the route once and runs the cheap request checks (``routes.py``);
+``_open`` holds the limits, asks the authorization, takes the user's slot, dials the
+upstream and upgrades the browser, returning one ``Opened`` value; ``_run`` relays and
+writes the session's end (log line, audit event, metrics). Until the upgrade, every
+failure is an HTTP response whose body names the cause and carries the request id that
+the log line also carries (``errors.py``); a resume (``?resume=``) goes to ``resume.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from aiohttp import WSCloseCode, web
+
+from .authorization import BrowserRequest, Grant, PassBack
+from .config import Config
+from .errors import (
+    AuthorizationError,
+    GatewayError,
+    LimitReached,
+    MethodNotAllowed,
+    NoCommonSubprotocol,
+    UpgradeNotAllowed,
+    UpstreamError,
+)
+from .gateway import GATEWAY, Gateway, Services
+from .metrics import dial_failure_reason
+from .observability import ended_fields, opened_fields
+from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
+from .registry import Slot
+from .resume import resume_session
+from .routes import (
+    check_origin,
+    check_upgrade_headers,
+    match_route,
+    offered,
+    snapshot,
+    wants_upgrade,
+)
+from .session.recording import start_recording, wants_recording
+from .session.relay import Session, SessionLimits
+from .tasks import spawn
+
+__all__ = ["BrowserSocket", "browser_socket", "dispatch", "new_request_id"]
+
+log = logging.getLogger("terminal_proxy.gateway")
+session_log = logging.getLogger("terminal_proxy.session")
+
+# The replica prefix of a session id (config.parse_replica_id's alphabet).
+_REPLICA_TAG = re.compile(r"[a-z0-9-]{1,63}")
+
+
+class BrowserSocket(web.WebSocketResponse):
+    """aiohttp closes oversized messages with 1009 and no reason; we add one."""
+
+    max_message_size = 0
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = f"message too big (limit {self.max_message_size} bytes)".encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A handshake that succeeded: the upgraded browser, its session, the user's slot and
+    the session's fields (for its log lines and audit events)."""
+
+    browser: BrowserSocket
+    session: Session
+    slot: Slot
+    fields: dict[str, object]
+
+
+def new_request_id(replica_id: str = "") -> str:
+    """A request id, which becomes the session id: 64 random bits in hex, after
+    ``<replica_id>.`` when ``session.replica_id`` is set (a load balancer routes a
+    ``?resume=<id>`` on that prefix to the replica holding the session)."""
+    token = secrets.token_hex(8)
+    return f"{replica_id}.{token}" if replica_id else token
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Every request that no other route took: a terminal route, or 404/400."""
+    gateway = request.app[GATEWAY]
+    request_id = new_request_id(gateway.config.session.replica_id)
+    found = match_route(gateway.config.routes, request.path)
+    route = None if found is None else found[0].name
+    try:
+        if found is None:
+            if wants_upgrade(request.headers):
+                raise UpgradeNotAllowed("websocket upgrade not allowed")
+            return web.Response(status=404, text="not found\n")
+        response = await _terminal(request, gateway, found[0].name, found[1], request_id)
+        if not isinstance(response, web.WebSocketResponse):
+            gateway.metrics.handshakes.labels(str(response.status)).inc()
+        return response
+    except GatewayError as exc:
+        if route is not None:
+            gateway.metrics.handshakes.labels(str(exc.status)).inc()
+        fields: dict[str, object] = {"request_id": request_id, "status": exc.status}
+        retry_after = None
+        if isinstance(exc, LimitReached):
+            gateway.metrics.limited.labels(exc.limit).inc()
+            fields["limit"] = exc.limit
+            retry_after = gateway.config.limits.retry_after
+        else:
+            fields["path"] = route or "-"
+        level = logging.INFO if exc.status < 500 or retry_after is not None else logging.WARNING
+        log.log(level, "request refused: %s", exc.detail, extra={"fields": fields})
+        return _error_response(exc.status, exc.public, request_id, retry_after=retry_after)
+
+
+def _error_response(
+    status: int, text: str, request_id: str, *, retry_after: float | None = None
+) -> web.Response:
+    body = f"{text}\nrequest id: {request_id}\n"
+    headers = {"Connection": "close", "X-Request-Id": request_id}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return web.Response(status=status, text=body, headers=headers)
+
+
+async def _terminal(
+    request: web.Request,
+    gateway: Gateway,
+    route: str,
+    params: tuple[tuple[str, str], ...],
+    request_id: str,
+) -> web.StreamResponse:
+    config = gateway.config
+    if request.method != "GET":
+        raise MethodNotAllowed(f"terminal routes take GET WebSocket upgrades, not {request.method}")
+    check_upgrade_headers(request.headers)
+    chosen = negotiate(offered(request.headers), BROWSER_SUBPROTOCOLS)
+    if chosen is None:
+        raise NoCommonSubprotocol(
+            "no supported WebSocket subprotocol offered; supported: "
+            + ", ".join(BROWSER_SUBPROTOCOLS)
+        )
+    check_origin(request.headers.get("Origin"), request.host, config.browser.allowed_origins)
+    if gateway.draining:
+        return _error_response(503, "server shutting down", request_id)
+    browser_request = snapshot(
+        raw_path=request.raw_path,
+        query_string=request.query_string,
+        headers=request.headers,
+        remote=request.remote or "",
+        trusted=config.browser.trusted_proxies,
+        route=route,
+        params=params,
+    )
+    services = gateway.services()
+    if chosen == TERMINAL_PROXY and "resume" in request.query:
+        # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
+        _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
+        socket = browser_socket(config, chosen)
+        return await resume_session(
+            request, gateway, services, route, request_id, browser_request, socket
+        )
+    limits = config.limits
+    registry = gateway.registry
+    registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions)
+    started = time.monotonic()
+    gateway.metrics.handshakes_pending.inc()
+    try:
+        with registry.handshake():
+            async with asyncio.timeout(limits.handshake_timeout or None):
+                opened = await _open(
+                    request, gateway, services, route, request_id, browser_request, chosen
+                )
+    except TimeoutError:
+        raise LimitReached(
+            "handshake_timeout",
+            504,
+            "opening the terminal took too long (authorization and upstream together "
+            "exceeded the gateway's handshake timeout)",
+        ) from None
+    finally:
+        gateway.metrics.handshakes_pending.dec()
+    if isinstance(opened, web.StreamResponse):
+        return opened
+    session, fields = opened.session, opened.fields
+    fields["setup_ms"] = round((time.monotonic() - started) * 1000, 1)
+    if wants_recording(config.recording, route, session.grant.recording):
+        tap = start_recording(
+            config.recording,
+            session.grant.recording,
+            session_id=session.id,
+            meta=fields,
+            audit=services.audit.emit,
+            stop=session.request_stop,
+        )
+        if tap is not None:
+            fields["recording"] = tap.name
+            session.recording = tap
+    session_log.info("session opened", extra={"fields": fields})
+    services.audit.emit("session_open", fields)
+    gateway.metrics.handshakes.labels("101").inc()
+    gateway.metrics.sessions_active.inc()
+    registry.add(session, opened.slot)
+    if session.resume is None:
+        await _run(gateway, services, session, fields)
+        return opened.browser
+    # A resumable session outlives this handler: aiohttp cancels the handler when the
+    # browser's connection drops, and the session must carry on detached.
+    task = spawn(_run(gateway, services, session, fields), name=f"session-{session.id}")
+    gateway.session_tasks.add(task)
+    task.add_done_callback(gateway.session_tasks.discard)
+    await asyncio.shield(task)
+    return opened.browser
+
+
+async def _open(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    route: str,
+    request_id: str,
+    browser_request: BrowserRequest,
+    chosen: str,
+) -> web.StreamResponse | Opened:
+    """Authorize, take the user's slot, dial, upgrade: a refusal or an opened session."""
+    config = gateway.config
+    metrics = gateway.metrics
+    auth_started = time.monotonic()
+    try:
+        answer = await services.authorizer.authorize(browser_request)
+    except AuthorizationError as exc:
+        metrics.authorization_seconds.observe(time.monotonic() - auth_started)
+        metrics.authorization_failed(exc)
+        raise
+    metrics.authorization_seconds.observe(time.monotonic() - auth_started)
+    if isinstance(answer, PassBack):
+        metrics.authorizations.labels("refused").inc()
+        log.info(
+            "authorization refused",
+            extra={"fields": {"request_id": request_id, "status": answer.status, "route": route}},
+        )
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    metrics.authorizations.labels("granted").inc()
+
+    slot = await gateway.registry.admit(
+        user_key(answer, browser_request),
+        config.limits.max_sessions_per_user,
+        config.session.close_timeout,
+    )
+    with slot:
+        dial_started = time.monotonic()
+        try:
+            upstream = await services.dialer.dial(
+                answer.details, forwarded_for=browser_request.forwarded_for
+            )
+        except UpstreamError as exc:
+            metrics.dial_failures.labels(dial_failure_reason(exc)).inc()
+            raise
+        finally:
+            metrics.dial_seconds.observe(time.monotonic() - dial_started)
+        browser = browser_socket(config, chosen)
+        try:
+            await browser.prepare(request)
+        except BaseException:
+            await upstream.ws.close(code=1000)
+            raise
+    session = Session(
+        session_id=request_id,
+        browser=browser,
+        browser_codec=codec_for(chosen, Role.SERVER),
+        upstream=upstream.ws,
+        upstream_codec=upstream.codec,
+        authorizer=services.session_authorizer,
+        request=browser_request,
+        grant=answer,
+        limits=session_limits(config),
+        shutdown=gateway.shutdown,
+        replay_budget=gateway.replay_budget,
+    )
+    fields = opened_fields(request_id, route, browser_request, answer, chosen, upstream.subprotocol)
+    return Opened(browser, session, slot, fields)
+
+
+async def _run(
+    gateway: Gateway, services: Services, session: Session, fields: dict[str, object]
+) -> None:
+    """Run one session; then the bookkeeping of its end (log line, audit, metrics)."""
+    try:
+        await session.run()
+    finally:
+        gateway.registry.remove(session)
+        gateway.metrics.sessions_active.dec()
+        summary = session.summary()
+        gateway.metrics.session_ended(
+            summary.stop.reason, summary.bytes_in, summary.bytes_out, summary.duration_s
+        )
+        end = fields | ended_fields(summary)
+        session_log.info("session ended", extra={"fields": end})
+        services.audit.emit("session_end", end)
+
+
+def _note_misrouted_resume(replica_id: str, session_id: str, request_id: str) -> None:
+    """Warn when a resume names another replica's session: it will get 4008 here, and
+    the load balancer in front is not routing resumes by session id."""
+    tag, dot, _ = session_id.partition(".")
+    if not replica_id or not dot or tag == replica_id or not _REPLICA_TAG.fullmatch(tag):
+        return
+    log.warning(
+        "resume of a session of replica %s reached replica %s: route ?resume= by the "
+        "session id's replica (docs/operations.md, several replicas)",
+        tag,
+        replica_id,
+        extra={"fields": {"request_id": request_id, "session": session_id}},
+    )
+
+
+def browser_socket(config: Config, chosen: str) -> BrowserSocket:
+    browser = BrowserSocket(
+        protocols=(chosen,),
+        heartbeat=config.browser.ping_interval or None,
+        max_msg_size=config.browser.max_message_size,
+        # Bytes queued towards a slow browser before the upstream pump waits for it.
+        writer_limit=config.session.max_buffer,
+        timeout=config.session.close_timeout,
+        compress=False,
+        autoping=True,
+        autoclose=True,
+    )
+    browser.max_message_size = config.browser.max_message_size
+    if config.browser.pong_timeout and config.browser.ping_interval:
+        browser._pong_heartbeat = config.browser.pong_timeout
+    return browser
+
+
+def user_key(grant: Grant, request: BrowserRequest) -> str:
+    """Who the per-user limit counts: the user the authorization named, else the client."""
+    return f"user:{grant.user}" if grant.user else f"client:{request.client_ip}"
+
+
+def session_limits(config: Config) -> SessionLimits:
+    return SessionLimits(
+        max_duration=config.session.max_duration,
+        idle_timeout=config.session.idle_timeout,
+        poll_interval=config.authorization.poll_interval,
+        poll_jitter=config.authorization.poll_jitter,
+        poll_failure_grace=config.authorization.poll_failure_grace,
+        close_timeout=config.session.close_timeout,
+        resume_grace=config.session.resume_grace,
+        resume_buffer=config.session.resume_buffer,
+        expiry_warning=config.session.expiry_warning,
+        extension=config.session.extension,
+        max_extensions=config.session.max_extensions,
+    )

@@ -1,0 +1,145 @@
+"""The gateway's sessions: live ones, resumable ones by id, recently ended ids, per-user
+counts and the handshakes in flight.
+
+One ``Registry`` per gateway. The handshake holds a ``Slot`` from ``admit()`` for its
+user from authorization on; a failed handshake releases it (``with slot:``), a session
+keeps it until it ends (``Registry.remove``). Limits refused here are ``LimitReached``
+errors: the handler answers them 503/429 with Retry-After (docs/close-codes.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .errors import LimitReached
+from .session.stop import Stop, StopReason
+
+if TYPE_CHECKING:
+    from .session.relay import Session
+
+__all__ = ["ENDED_KEPT", "Registry", "Slot"]
+
+# How many ended session ids the gateway remembers, to answer a late resume precisely.
+ENDED_KEPT = 10_000
+
+
+class Slot:
+    """One of a user's session slots: held from authorization to the session's end."""
+
+    __slots__ = ("_counts", "_held", "user_key")
+
+    def __init__(self, counts: Counter[str], user_key: str) -> None:
+        self._counts = counts
+        self.user_key = user_key
+        counts[user_key] += 1
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        self._counts[self.user_key] -= 1
+        if self._counts[self.user_key] <= 0:
+            del self._counts[self.user_key]
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A handshake that fails inside ``with slot:`` gives the slot back."""
+        if kind is not None:
+            self.release()
+
+
+class Registry:
+    """Every session of one gateway, and the counts its limits are checked against."""
+
+    def __init__(self) -> None:
+        # Live sessions, for limits and shutdown.
+        self.live: set[Session] = set()
+        # v1.terminal-proxy sessions that can be resumed, by id (attached or not).
+        self.resumable: dict[str, Session] = {}
+        # Recently ended session ids and why (a late resume gets a precise answer).
+        self.ended: OrderedDict[str, StopReason] = OrderedDict()
+        # Sessions (and handshakes past authorization) per user key.
+        self.per_user: Counter[str] = Counter()
+        # Handshakes between request and upgrade.
+        self.pending = 0
+        self._slots: dict[Session, Slot] = {}
+
+    @contextmanager
+    def handshake(self) -> Iterator[None]:
+        """Count one handshake in flight for the duration of the block."""
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    def check_capacity(self, max_pending: int, max_sessions: int) -> None:
+        """Refuse one more handshake when either limit is reached (0: no limit)."""
+        if max_pending and self.pending >= max_pending:
+            raise LimitReached(
+                "pending", 503, "too many terminals are being opened at once; try again shortly"
+            )
+        if max_sessions and len(self.live) + self.pending >= max_sessions:
+            raise LimitReached(
+                "sessions", 503, "the gateway is at its limit of open terminals; try again later"
+            )
+
+    async def admit(self, user_key: str, limit: int, close_timeout: float) -> Slot:
+        """A session slot for ``user_key``; at the limit, the user's oldest detached
+        session (browser gone, waiting for a resume) ends to make room, else 429."""
+        if limit and self.per_user[user_key] >= limit:
+            await self._end_oldest_detached(user_key, close_timeout)
+        if limit and self.per_user[user_key] >= limit:
+            raise LimitReached(
+                "per_user",
+                429,
+                f"you have too many terminals open (limit {limit}); close one and try again",
+            )
+        return Slot(self.per_user, user_key)
+
+    async def _end_oldest_detached(self, user_key: str, close_timeout: float) -> None:
+        detached = [
+            s
+            for s in self.resumable.values()
+            if s.detached and (slot := self._slots.get(s)) is not None and slot.user_key == user_key
+        ]
+        if not detached:
+            return
+        oldest = min(detached, key=lambda s: s.started)
+        oldest.request_stop(
+            Stop(StopReason.RESUME_EXPIRED, "replaced by a new session of the same user")
+        )
+        await asyncio.wait([oldest.done], timeout=close_timeout + 1)
+
+    def add(self, session: Session, slot: Slot) -> None:
+        self.live.add(session)
+        self._slots[session] = slot
+        if session.resume is not None:
+            self.resumable[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        """The session has ended: its slot is free, its id remembered for late resumes."""
+        self.live.discard(session)
+        slot = self._slots.pop(session, None)
+        if slot is not None:
+            slot.release()
+        if self.resumable.pop(session.id, None) is not None and session.stop is not None:
+            self.ended[session.id] = session.stop.reason
+            while len(self.ended) > ENDED_KEPT:
+                self.ended.popitem(last=False)
+
+    def detached(self) -> int:
+        return sum(1 for session in self.resumable.values() if session.detached)

@@ -1,0 +1,151 @@
+"""Which terminal route a request is on, and the cheap checks of the browser's request.
+
+Pure functions of the request head (no I/O, no gateway state), table-tested in
+tests/test_routes.py: the route is matched once here and carried in the
+``BrowserRequest`` (name and the pattern's named groups) to every authorizer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from multidict import MultiMapping
+from yarl import URL
+
+from .authorization import BrowserRequest
+from .config import RouteConfig
+from .errors import NotWebSocket, OriginRejected
+
+__all__ = [
+    "IPNetwork",
+    "check_origin",
+    "check_upgrade_headers",
+    "is_trusted",
+    "match_route",
+    "offered",
+    "snapshot",
+    "wants_upgrade",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Headers = MultiMapping[str]
+
+
+def match_route(
+    routes: Sequence[RouteConfig], path: str
+) -> tuple[RouteConfig, tuple[tuple[str, str], ...]] | None:
+    """The first route whose pattern matches ``path``, with its named groups."""
+    for route in routes:
+        found = route.pattern.search(path)
+        if found is not None:
+            groups = tuple((k, v) for k, v in found.groupdict().items() if v is not None)
+            return route, groups
+    return None
+
+
+def _tokens(headers: Headers, name: str) -> set[str]:
+    return {
+        token.strip().lower() for value in headers.getall(name, ()) for token in value.split(",")
+    }
+
+
+def wants_upgrade(headers: Headers) -> bool:
+    return "websocket" in _tokens(headers, "Upgrade") or "upgrade" in _tokens(headers, "Connection")
+
+
+def check_upgrade_headers(headers: Headers) -> None:
+    missing = []
+    if "upgrade" not in _tokens(headers, "Connection"):
+        missing.append("Connection: upgrade")
+    if "websocket" not in _tokens(headers, "Upgrade"):
+        missing.append("Upgrade: websocket")
+    if missing:
+        raise NotWebSocket(
+            "this is a terminal WebSocket endpoint, but the request is missing "
+            + " and ".join(f"'{m}'" for m in missing)
+            + ". If a reverse proxy (nginx, HAProxy, an ingress) is in front of terminal-proxy, "
+            "it may be stripping these headers: it must pass on Connection and Upgrade."
+        )
+    if headers.get("Sec-WebSocket-Version", "") != "13":
+        raise NotWebSocket("unsupported WebSocket version: Sec-WebSocket-Version must be 13")
+    if not headers.get("Sec-WebSocket-Key"):
+        raise NotWebSocket("Sec-WebSocket-Key header is missing")
+
+
+def offered(headers: Headers) -> list[str]:
+    """The subprotocols the browser offered, in its order."""
+    return [
+        token.strip()
+        for value in headers.getall("Sec-WebSocket-Protocol", ())
+        for token in value.split(",")
+        if token.strip()
+    ]
+
+
+def check_origin(origin: str | None, host: str, allowed: Sequence[str]) -> None:
+    """Same-origin, or an origin on ``browser.allowed_origins``; no Origin: not a browser."""
+    if origin is None:
+        return  # not a browser (kubectl, scripts): nothing to forge
+    try:
+        url = URL(origin)
+    except ValueError as exc:
+        raise OriginRejected("origin not allowed", detail=f"unparseable Origin {origin!r}") from exc
+    if url.host is not None:
+        origin_host = url.host.lower()
+        port = url.explicit_port
+        netloc = origin_host if port is None else f"{origin_host}:{port}"
+        if netloc == host.lower():
+            return
+        normalized = f"{url.scheme}://{netloc}"
+        if "*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}:
+            return
+    raise OriginRejected(
+        "origin not allowed: the page opening this terminal is not same-origin and not on "
+        "browser.allowed_origins",
+        detail=f"Origin {origin!r} is not {host!r} and not allowed",
+    )
+
+
+def snapshot(
+    *,
+    raw_path: str,
+    query_string: str,
+    headers: Headers,
+    remote: str,
+    trusted: Sequence[IPNetwork],
+    route: str = "",
+    params: tuple[tuple[str, str], ...] = (),
+) -> BrowserRequest:
+    """What the authorization needs of the request, with the client address worked out
+    through trusted proxies' X-Forwarded-For."""
+    prior = [
+        part.strip()
+        for value in headers.getall("X-Forwarded-For", ())
+        for part in value.split(",")
+        if part.strip()
+    ]
+    if prior and is_trusted(remote, trusted):
+        forwarded_for = ", ".join([*prior, remote])
+        client_ip = next((ip for ip in reversed(prior) if not is_trusted(ip, trusted)), prior[0])
+    else:
+        forwarded_for = remote
+        client_ip = remote
+    return BrowserRequest(
+        path=raw_path.split("?", 1)[0],
+        query_string=query_string,
+        headers=tuple(headers.items()),
+        client_ip=client_ip,
+        forwarded_for=forwarded_for,
+        peer=remote,
+        route=route,
+        params=params,
+    )
+
+
+def is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)

@@ -47,6 +47,7 @@ from .routes import (
 )
 from .session.recording import start_recording, wants_recording
 from .session.relay import Session, SessionLimits
+from .session.sockets import set_pong_timeout
 from .tasks import spawn
 
 __all__ = ["BrowserSocket", "browser_socket", "dispatch", "new_request_id"]
@@ -336,7 +337,7 @@ def browser_socket(config: Config, chosen: str) -> BrowserSocket:
     )
     browser.max_message_size = config.browser.max_message_size
     if config.browser.pong_timeout and config.browser.ping_interval:
-        browser._pong_heartbeat = config.browser.pong_timeout
+        set_pong_timeout(browser, config.browser.pong_timeout)
     return browser
 
 

@@ -24,6 +24,7 @@ from .channel import ConnectionDetails, ssl_context_for
 from .config import UpstreamConfig
 from .errors import UpstreamDialFailed, UpstreamTimeout
 from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
+from .session.sockets import set_pong_timeout
 
 __all__ = ["Dialer", "Upstream"]
 
@@ -159,7 +160,7 @@ class Dialer:
             ) from exc
         if self._config.pong_timeout and self._config.ping_interval:
             # aiohttp's pong deadline is half the heartbeat unless told otherwise.
-            ws._pong_heartbeat = self._config.pong_timeout
+            set_pong_timeout(ws, self._config.pong_timeout)
         chosen = ws.protocol or _fallback(details.subprotocols)
         return Upstream(ws, codec_for(_codec_name(chosen), Role.CLIENT), chosen)
 

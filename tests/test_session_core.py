@@ -339,3 +339,14 @@ async def test_a_revoking_repoll_ends_a_running_session_with_4001() -> None:
     stop = await within(session.run())
     assert stop == Stop(StopReason.REVOKED, "authorization answered 403")
     assert browser.close_code == 4001
+
+
+def test_pong_timeout_is_set_where_aiohttp_has_it_and_skipped_where_not() -> None:
+    from aiohttp import web
+
+    from terminal_proxy.session.sockets import set_pong_timeout
+
+    ws = web.WebSocketResponse(heartbeat=10)
+    assert set_pong_timeout(ws, 3.0) is True
+    assert ws._pong_heartbeat == 3.0
+    assert set_pong_timeout(FakeSocket(), 3.0) is False

@@ -1,7 +1,9 @@
 """Terminal subprotocols: the codec registry and pure negotiation helpers.
 
 Every supported subprotocol has a codec per role (``codec_for``). Browser↔upstream
-translation is decoding with one codec and encoding with the other (``translate``).
+translation is decoding with one side's codec and encoding with the other's: the
+session's pump does it event by event (with the ``plain_output`` shortcut for output),
+``translate`` does it for one frame (codec tables, tools).
 """
 
 from __future__ import annotations

@@ -177,15 +177,13 @@ class TerminalProxyCodec:
     # encode ---------------------------------------------------------------------------
 
     def encode(self, event: Event) -> Sequence[Frame]:
-        kind = type(event)
         if self._client:
-            if kind is Stdin:
-                data = event.data  # type: ignore[union-attr]
+            if type(event) is Stdin:
+                data = event.data
                 return ((Opcode.BINARY, data),) if data else _NOTHING
-            if kind is Resize:
-                return (_json({"type": "resize", "cols": event.width, "rows": event.height}),)  # type: ignore[union-attr]
-            if kind is Resume:
-                assert isinstance(event, Resume)
+            if type(event) is Resize:
+                return (_json({"type": "resize", "cols": event.width, "rows": event.height}),)
+            if type(event) is Resume:
                 return (
                     _json(
                         {
@@ -197,18 +195,17 @@ class TerminalProxyCodec:
                         }
                     ),
                 )
-            if kind is Ack and event.received is not None:  # type: ignore[union-attr]
-                return (_json({"type": "ack", "received": event.received}),)  # type: ignore[union-attr]
-            if kind is ExtensionRequest:
+            if type(event) is Ack and event.received is not None:
+                return (_json({"type": "ack", "received": event.received}),)
+            if type(event) is ExtensionRequest:
                 return (_json({"type": "extend"}),)
-            if kind is StdinClosed:
+            if type(event) is StdinClosed:
                 return (_json({"type": "eof"}),)
             return _NOTHING
-        if kind is Output:
-            data = event.data  # type: ignore[union-attr]
+        if type(event) is Output:
+            data = event.data
             return ((Opcode.BINARY, data),) if data else _NOTHING
-        if kind is Hello:
-            assert isinstance(event, Hello)
+        if type(event) is Hello:
             return (
                 _json(
                     {
@@ -223,11 +220,9 @@ class TerminalProxyCodec:
                     }
                 ),
             )
-        if kind is Exit:
-            assert isinstance(event, Exit)
+        if type(event) is Exit:
             return (_json({"type": "exit", "code": event.code, "reason": event.message}),)
-        if kind is ExpiryWarning:
-            assert isinstance(event, ExpiryWarning)
+        if type(event) is ExpiryWarning:
             return (
                 _json(
                     {
@@ -237,16 +232,15 @@ class TerminalProxyCodec:
                     }
                 ),
             )
-        if kind is ExtensionAnswer:
-            assert isinstance(event, ExtensionAnswer)
+        if type(event) is ExtensionAnswer:
             doc: dict[str, Any] = {"type": "extension", "granted": event.granted}
             if event.expires_in is not None:
                 doc["expires_in"] = _round(event.expires_in)
             if event.reason:
                 doc["reason"] = event.reason
             return (_json(doc),)
-        if kind is Ack and event.input is not None:  # type: ignore[union-attr]
-            return (_json({"type": "ack", "input": event.input}),)  # type: ignore[union-attr]
+        if type(event) is Ack and event.input is not None:
+            return (_json({"type": "ack", "input": event.input}),)
         return _NOTHING
 
 

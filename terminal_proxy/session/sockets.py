@@ -25,6 +25,7 @@ __all__ = [
     "left",
     "parsed_queue",
     "send_frames",
+    "set_pong_timeout",
 ]
 
 DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
@@ -71,6 +72,19 @@ def parsed_queue(ws: object) -> Sized:
     """
     queue = getattr(getattr(ws, "_reader", None), "_buffer", None)
     return queue if isinstance(queue, Sized) else ()
+
+
+def set_pong_timeout(ws: object, seconds: float) -> bool:
+    """Give ``ws`` (aiohttp's, with a heartbeat) ``seconds`` to answer a ping.
+
+    aiohttp waits half the heartbeat for a pong and has no public way to change that, so
+    this sets its private ``_pong_heartbeat``. If a future aiohttp drops it, nothing is set
+    (False) and the deadline is aiohttp's own, half the ping interval: still a deadline.
+    """
+    if not hasattr(ws, "_pong_heartbeat"):
+        return False
+    setattr(ws, "_pong_heartbeat", seconds)  # noqa: B010 (a private attribute, on purpose)
+    return True
 
 
 async def send_frames(ws: Socket, frames: Sequence[Frame]) -> int:

@@ -26,29 +26,25 @@ from bench.procs import python_child, run_client
 
 __all__ = ["BUCKETS", "bucket_of", "main"]
 
-# (bucket, substrings of a collapsed-stack frame "function (file:line)"), tried from the
-# innermost frame outwards; the first bucket any frame matches takes the sample.
-BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# Parts named by a library, tried from the innermost frame outwards: a sample in one of
+# these is that part's whichever code called it.
+LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("JWT", ("/jwt/",)),
     ("logging", ("/logging/", "terminal_proxy/logs.py")),
     ("metrics", ("prometheus_client",)),
     ("audit", ("terminal_proxy/audit.py",)),
     ("TLS", ("/ssl.py", "sslproto")),
-    (
-        "authorization request",
-        (
-            "/httpx/",
-            "/httpcore/",
-            "/h11/",
-            "/anyio/",
-            "/sniffio/",
-            "terminal_proxy/authorization/",
-        ),
-    ),
-    (
-        "upstream dial",
-        ("aiohttp/client", "aiohttp/connector", "aiohappyeyeballs", "terminal_proxy/upstream.py"),
-    ),
+)
+# Parts named by the gateway's own code (outermost frame first): the authorization
+# request and the upstream dial both run aiohttp's client, told apart by their caller.
+CALLERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("authorization request", ("terminal_proxy/authorization/",)),
+    ("upstream dial", ("terminal_proxy/upstream.py",)),
+)
+# The rest, innermost frame first.
+OTHERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("authorization request", ("/httpx/", "/httpcore/", "/h11/", "/anyio/", "/sniffio/")),
+    ("upstream dial", ("aiohttp/client", "aiohttp/connector", "aiohappyeyeballs")),
     ("session objects", ("terminal_proxy/session/", "terminal_proxy/registry.py")),
     (
         "server handshake and HTTP",
@@ -64,16 +60,22 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("event loop", ("asyncio/", "uvloop", "selectors")),
 )
+BUCKETS = LIBRARIES + CALLERS + OTHERS
+
+
+def _first(frames: list[str], table: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    for frame in frames:
+        for name, needles in table:
+            if any(needle in frame for needle in needles):
+                return name
+    return None
 
 
 def bucket_of(stack: str) -> str:
     """The bucket of one collapsed stack (``root;…;leaf``)."""
     frames = stack.split(";")
-    for frame in reversed(frames):
-        for name, needles in BUCKETS:
-            if any(needle in frame for needle in needles):
-                return name
-    return "other"
+    inner = frames[::-1]
+    return _first(inner, LIBRARIES) or _first(frames, CALLERS) or _first(inner, OTHERS) or "other"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -52,3 +52,21 @@ async def test_repolls_queue_and_leave_room_for_new_sessions(
         assert auth_api.max_total_in_flight == MAX_CONNECTIONS
     finally:
         await authorizer.aclose()
+
+
+async def test_a_cookie_the_api_sets_never_rides_along_with_the_next_request(
+    auth_api: FakeAuthApi, kube: Kube, secret: bytes
+) -> None:
+    """The client keeps no cookie jar: each request carries the browser's cookies only
+    (the API named by host name, as in production: jars keep no cookies of IP hosts)."""
+    backend = auth_api.url.replace("127.0.0.1", "localhost")
+    config = make_config(backend, secret, [kube.host_port]).authorization
+    authorizer = GitLabAuthorizer(config, new_client(config))
+    auth_api.set_cookie = "api_session=alice-only; Path=/"
+    try:
+        assert isinstance(await authorizer.authorize(_request("alice")), Grant)
+        other = BrowserRequest(ENV_PATH, "kind=bob", (("Cookie", "_gitlab_session=bob"),))
+        assert isinstance(await authorizer.authorize(other), Grant)
+        assert auth_api.requests[1].headers["cookie"] == ["_gitlab_session=bob"]
+    finally:
+        await authorizer.aclose()

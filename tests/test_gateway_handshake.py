@@ -303,7 +303,8 @@ async def test_authorize_request_follows_the_gitlab_contract(
     assert seen.headers["x-csrf"] == ["t"]
     assert seen.headers["gitlab-workhorse"][0].startswith("terminal-proxy/")
     assert "upgrade" not in seen.headers
-    assert seen.headers.get("connection", ["keep-alive"]) == ["keep-alive"]  # httpx's own
+    # The client's own (HTTP/1.1 keep-alive), never the browser's "Upgrade".
+    assert seen.headers.get("connection", ["keep-alive"]) == ["keep-alive"]
     assert "sec-websocket-key" in seen.headers  # kept, as Workhorse keeps it
     upstream = await kube.next_session()
     assert upstream.headers.get("Authorization") == f"Bearer {kube.token}"

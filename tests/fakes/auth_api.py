@@ -53,6 +53,8 @@ class FakeAuthApi:
     in_flight: dict[str, int] = field(default_factory=dict)
     max_in_flight: dict[str, int] = field(default_factory=dict)
     max_total_in_flight: int = 0
+    # A Set-Cookie the API adds to every answer (a client must never send it back).
+    set_cookie: str | None = None
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Condition()
@@ -119,7 +121,10 @@ class FakeAuthApi:
         self.max_in_flight[key] = max(self.max_in_flight.get(key, 0), self.in_flight[key])
         self.max_total_in_flight = max(self.max_total_in_flight, sum(self.in_flight.values()))
         try:
-            return await self._answer(request)
+            response = await self._answer(request)
+            if self.set_cookie is not None:
+                response.headers["Set-Cookie"] = self.set_cookie
+            return response
         finally:
             self.in_flight[key] -= 1
 

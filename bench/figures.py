@@ -400,13 +400,19 @@ class Figure:
     # Runs once per invocation, not once per round (the long holds).
     once: bool = False
 
-    def variants_with(self, baseline: bool) -> tuple[str, ...]:
-        """The variants to run: ``gateway_base`` right after ``gateway`` with a baseline."""
+    def variants_with(self, baseline: bool, round_index: int = 0) -> tuple[str, ...]:
+        """The variants to run: with a baseline, ``gateway_base`` next to ``gateway``.
+
+        After it in even rounds, before it in odd ones, so neither commit always runs
+        second (on a shared machine whatever runs later inherits its neighbour's load).
+        """
         chosen: list[str] = []
         for name in self.variants:
-            chosen.append(name)
             if baseline and name == "gateway":
-                chosen.append(BASE)
+                pair = ["gateway", BASE]
+                chosen += reversed(pair) if round_index % 2 else pair
+            else:
+                chosen.append(name)
         return tuple(chosen)
 
 

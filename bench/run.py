@@ -282,7 +282,7 @@ def _measure(
     for round_index, name in plan:
         figure = FIGURES[name]
         by_variant: dict[str, dict[str, Any]] = {}
-        for variant in figure.variants_with(bench.baseline is not None):
+        for variant in figure.variants_with(bench.baseline is not None, round_index):
             bench.current = name
             when = "once" if figure.once else f"round {round_index + 1}/{rounds}"
             label = f"[{when}] {name} {variant}"

@@ -18,6 +18,7 @@ import pytest
 
 from bench.authapi import Upstream, channel_body
 from bench.baseline import BASE, baseline_tree, imported_from, tree_env
+from bench.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,6 +188,14 @@ def test_authorization_answers_the_tls_upstream_with_its_ca() -> None:
     tls = json.loads(channel_body(upstream, "mode=idle&tls=1"))["Channel"]
     assert tls["Url"] == "wss://127.0.0.1:2000/exec?mode=idle&tls=1"
     assert tls["CAPem"] == "PEM"
+
+
+def test_baseline_variant_beside_the_gateway_alternating() -> None:
+    setup = FIGURES["setup"]
+    assert setup.variants_with(False) == ("direct", "nginx", "gateway")
+    assert setup.variants_with(True, 0) == ("direct", "nginx", "gateway", BASE)
+    assert setup.variants_with(True, 1) == ("direct", "nginx", BASE, "gateway")
+    assert FIGURES["workers"].variants_with(True) == FIGURES["workers"].variants
 
 
 def _worktrees() -> str:

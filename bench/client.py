@@ -476,12 +476,17 @@ class AsyncConn(asyncio.BufferedProtocol):
 
 
 async def run_setup(params: dict[str, Any]) -> dict[str, Any]:
-    """``concurrency`` loops opening and closing sessions for ``duration`` seconds."""
+    """``concurrency`` loops opening and closing sessions for ``duration`` seconds.
+
+    With ``start_at`` (a ``time.time()``), the loops start then, not at once.
+    """
     target = Target.from_params(params)
     concurrency, duration = int(params["concurrency"]), float(params["duration"])
     timeout = float(params["timeout"])
     latencies: list[float] = []
     errors: list[str] = []
+    if "start_at" in params:  # several client processes: one shared window
+        await asyncio.sleep(max(0.0, float(params["start_at"]) - time.time()))
     deadline = time.perf_counter() + duration
 
     async def loop_sessions() -> None:

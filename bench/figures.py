@@ -22,7 +22,7 @@ from typing import Any
 from bench.baseline import BASE, Tree, tree_env
 from bench.gateway import GatewayProcess
 from bench.nginx import NginxProcess
-from bench.procs import ClientError, Holder, run_client
+from bench.procs import ROOT, ClientError, Holder, run_client
 
 __all__ = ["FIGURES", "NGINX_MISSING", "Bench", "Relay", "Settings"]
 
@@ -103,15 +103,16 @@ class Bench:
             finally:
                 nginx.stop()
             return
-        tree: dict[str, Any] = {}
+        tree, env = ROOT, None
         if variant == BASE:
             if self.baseline is None:
                 raise Skip("no --baseline given")
-            tree = {"tree": self.baseline.path, "env": tree_env(self.baseline.path)}
+            tree, env = self.baseline.path, tree_env(self.baseline.path)
         elif variant.startswith("gateway_"):  # gateway_1w, gateway_2w: that many workers
             workers = variant.removeprefix("gateway_").removesuffix("w")
             extra_args = [*extra_args, "--workers", workers]
-        gateway = GatewayProcess(self.gateway_config, [*self.gateway_args, *extra_args], **tree)
+        args = [*self.gateway_args, *extra_args]
+        gateway = GatewayProcess(self.gateway_config, args, tree=tree, env=env)
         try:
             yield Relay(variant, self._params(gateway.port, GATEWAY_PATH, prefixed=False), gateway)
         finally:
@@ -230,7 +231,9 @@ def setup_workers(b: Bench, relay: Relay) -> dict[str, Any]:
         for i in range(processes)
     ]
     cpu0 = relay.cpu()
-    params = {**relay.params, "duration": s.setup_seconds, "timeout": 30}
+    # All processes start their loops together, once every one of them is up.
+    start_at = time.time() + 1.5
+    params = {**relay.params, "duration": s.setup_seconds, "timeout": 30, "start_at": start_at}
     with ThreadPoolExecutor(processes) as pool:
         results = list(
             pool.map(

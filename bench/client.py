@@ -18,9 +18,11 @@ hold them, answer pings, verify each still echoes).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -57,13 +59,28 @@ class Target:
     port: int
     path: str
     prefixed: bool
+    # Added to every session's query (``tls=1``: the gateway dials the upstream over TLS).
+    query: str = ""
+    # Speak TLS to ``host:port``, trusting only this CA (the upstream's TLS listener).
+    ca_file: str | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Target:
-        return cls(params["host"], int(params["port"]), params["path"], bool(params["prefixed"]))
+        return cls(
+            params["host"],
+            int(params["port"]),
+            params["path"],
+            bool(params["prefixed"]),
+            params.get("query", ""),
+            params.get("ca_file"),
+        )
 
     def url(self, query: str) -> str:
+        query = "&".join(q for q in (query, self.query) if q)
         return f"{self.path}?{query}" if query else self.path
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return None if self.ca_file is None else _client_context(self.ca_file)
 
     @property
     def offer(self) -> list[str]:
@@ -81,6 +98,12 @@ class Target:
         return None
 
 
+@functools.cache
+def _client_context(ca_file: str) -> ssl.SSLContext:
+    """One verifying context per client process, as a browser or kubectl keeps one."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def _masked_close(code: int = 1000) -> bytes:
     return encode_frame(OP_CLOSE, close_payload(code), mask_key=os.urandom(4))
 
@@ -94,6 +117,9 @@ class BlockingConn:
     def __init__(self, target: Target, query: str, *, keep_data: bool, timeout: float) -> None:
         self.target = target
         self.sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        context = target.ssl_context()
+        if context is not None:
+            self.sock = context.wrap_socket(self.sock, server_hostname=target.host)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray(RECV_BUFFER)
         self.view = memoryview(self.buf)
@@ -342,7 +368,10 @@ class AsyncConn(asyncio.BufferedProtocol):
     ) -> AsyncConn:
         loop = asyncio.get_running_loop()
         transport, conn = await loop.create_connection(
-            lambda: cls(target, bufsize=bufsize, keep_data=keep_data), target.host, target.port
+            lambda: cls(target, bufsize=bufsize, keep_data=keep_data),
+            target.host,
+            target.port,
+            ssl=target.ssl_context(),
         )
         # uvloop calls connection_made() after create_connection() returns.
         conn.transport = transport
@@ -447,12 +476,17 @@ class AsyncConn(asyncio.BufferedProtocol):
 
 
 async def run_setup(params: dict[str, Any]) -> dict[str, Any]:
-    """``concurrency`` loops opening and closing sessions for ``duration`` seconds."""
+    """``concurrency`` loops opening and closing sessions for ``duration`` seconds.
+
+    With ``start_at`` (a ``time.time()``), the loops start then, not at once.
+    """
     target = Target.from_params(params)
     concurrency, duration = int(params["concurrency"]), float(params["duration"])
     timeout = float(params["timeout"])
     latencies: list[float] = []
     errors: list[str] = []
+    if "start_at" in params:  # several client processes: one shared window
+        await asyncio.sleep(max(0.0, float(params["start_at"]) - time.time()))
     deadline = time.perf_counter() + duration
 
     async def loop_sessions() -> None:

@@ -1,8 +1,10 @@
 """The measurements: one function per figure, run once per variant and round.
 
 A variant is where the clients connect: ``direct`` (the fake upstream itself), ``nginx``
-(stock reverse proxy in front of it) or ``gateway`` (terminal-proxy, authorizing against
-the fake API and dialling the same upstream). Each call gets a fresh relay process, so
+(stock reverse proxy in front of it), ``gateway`` (terminal-proxy, authorizing against
+the fake API and dialling the same upstream), ``gateway_base`` (the same, run from the
+``--baseline`` commit's tree; added to every figure that has ``gateway`` when one is
+given) or ``gateway_Nw`` (``--workers N``). Each call gets a fresh relay process, so
 memory figures start from a clean baseline and no figure inherits another's state. Relay
 CPU is read from ``/proc`` before and after the client process runs.
 """
@@ -17,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import BASE, Tree, tree_env
 from bench.gateway import GatewayProcess
 from bench.nginx import NginxProcess
-from bench.procs import ClientError, Holder, run_client
+from bench.procs import ROOT, ClientError, Holder, run_client
 
-__all__ = ["FIGURES", "Bench", "Relay", "Settings"]
+__all__ = ["FIGURES", "NGINX_MISSING", "Bench", "Relay", "Settings"]
+
+NGINX_MISSING = "nginx is not installed: run scripts/install-proxies (as root)"
 
 GATEWAY_PATH = "/bench/project/-/environments/1/terminal.ws"
 SETTLE = 0.3  # seconds for a relay to finish tearing sessions down before CPU is read
@@ -43,6 +48,7 @@ class Settings:
     hold_batch: int
     setup_concurrency: int
     setup_seconds: float
+    setup_workers_processes: int
     flood_sessions: int
     flood_seconds: float
     client_timeout: float
@@ -74,6 +80,11 @@ class Bench:
     nginx_binary: str | None
     gateway_config: Path
     gateway_args: list[str]
+    # The upstream's TLS listener and the CA file that signed it (None: no TLS figure).
+    upstream_tls_port: int | None = None
+    ca_file: Path | None = None
+    # The --baseline commit's tree, for the gateway_base variant.
+    baseline: Tree | None = None
     # Warning/error lines the gateway logged, per "figure/variant".
     gateway_problems: dict[str, list[str]] = field(default_factory=dict)
     current: str = ""
@@ -85,17 +96,23 @@ class Bench:
             return
         if variant == "nginx":
             if self.nginx_binary is None:
-                raise Skip("nginx is not available")
+                raise Skip(NGINX_MISSING)
             nginx = NginxProcess(self.nginx_binary, self.workdir / "nginx", self.upstream_port)
             try:
                 yield Relay(variant, self._params(nginx.port, "/exec", prefixed=True), nginx)
             finally:
                 nginx.stop()
             return
-        if variant.startswith("gateway_"):  # gateway_1w, gateway_2w: that many workers
+        tree, env = ROOT, None
+        if variant == BASE:
+            if self.baseline is None:
+                raise Skip("no --baseline given")
+            tree, env = self.baseline.path, tree_env(self.baseline.path)
+        elif variant.startswith("gateway_"):  # gateway_1w, gateway_2w: that many workers
             workers = variant.removeprefix("gateway_").removesuffix("w")
             extra_args = [*extra_args, "--workers", workers]
-        gateway = GatewayProcess(self.gateway_config, [*self.gateway_args, *extra_args])
+        args = [*self.gateway_args, *extra_args]
+        gateway = GatewayProcess(self.gateway_config, args, tree=tree, env=env)
         try:
             yield Relay(variant, self._params(gateway.port, GATEWAY_PATH, prefixed=False), gateway)
         finally:
@@ -165,10 +182,80 @@ def echo(b: Bench, relay: Relay) -> dict[str, Any]:
 
 
 def setup(b: Bench, relay: Relay) -> dict[str, Any]:
+    """Open and close sessions, ``setup_concurrency`` at a time, from one client process."""
+    return _setup(b, relay, b.settings.setup_concurrency)
+
+
+def setup_1(b: Bench, relay: Relay) -> dict[str, Any]:
+    """The same, one set-up at a time: the cost without any queueing."""
+    return _setup(b, relay, 1)
+
+
+def setup_tls(b: Bench, relay: Relay) -> dict[str, Any]:
+    """``setup`` with a ``wss://`` upstream (kube-apiserver is always TLS).
+
+    Through a gateway, ``tls=1`` in the query makes the fake API answer the upstream's TLS
+    listener and its CA as ``CAPem``; ``direct`` clients speak TLS to that listener.
+    """
+    if b.upstream_tls_port is None or b.ca_file is None:
+        raise Skip("the upstream has no TLS listener")
+    if relay.variant == "direct":
+        params = {"port": b.upstream_tls_port, "ca_file": str(b.ca_file)}
+    else:
+        params = {"query": "tls=1"}
+    return _setup(b, relay, b.settings.setup_concurrency, **params)
+
+
+def _setup(b: Bench, relay: Relay, concurrency: int, **params: Any) -> dict[str, Any]:
     s = b.settings
-    result = _client(b, relay, "setup", concurrency=s.setup_concurrency, duration=s.setup_seconds)
+    result = _client(b, relay, "setup", concurrency=concurrency, duration=s.setup_seconds, **params)
+    _per_session(result)
+    return result
+
+
+def _per_session(result: dict[str, Any]) -> None:
     if "relay_cpu_s" in result and result["sessions"]:
         result["cpu_ms_per_session"] = result["relay_cpu_s"] * 1000 / result["sessions"]
+
+
+def setup_workers(b: Bench, relay: Relay) -> dict[str, Any]:
+    """``setup`` from several client processes at once (the same for 1 and 2 workers).
+
+    ``setup_concurrency`` loops in all, split over ``setup_workers_processes`` processes
+    so one client's event loop is not what limits two workers.
+    """
+    s = b.settings
+    processes = s.setup_workers_processes
+    shares = [
+        s.setup_concurrency // processes + (1 if i < s.setup_concurrency % processes else 0)
+        for i in range(processes)
+    ]
+    cpu0 = relay.cpu()
+    # All processes start their loops together, once every one of them is up.
+    start_at = time.time() + 1.5
+    params = {**relay.params, "duration": s.setup_seconds, "timeout": 30, "start_at": start_at}
+    with ThreadPoolExecutor(processes) as pool:
+        results = list(
+            pool.map(
+                lambda n: run_client("setup", {**params, "concurrency": n}, s.client_timeout),
+                shares,
+            )
+        )
+    seconds = max(r["seconds"] for r in results)
+    result: dict[str, Any] = {
+        "sessions": sum(r["sessions"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "seconds": seconds,
+        "sessions_per_s": sum(r["sessions_per_s"] for r in results),
+        "per_process_sessions_per_s": [r["sessions_per_s"] for r in results],
+        # The slower client process's percentiles.
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+    }
+    if cpu0 is not None:
+        time.sleep(SETTLE)
+        result["relay_cpu_s"] = (relay.cpu() or 0.0) - cpu0
+    _per_session(result)
     return result
 
 
@@ -316,6 +403,21 @@ class Figure:
     # Runs once per invocation, not once per round (the long holds).
     once: bool = False
 
+    def variants_with(self, baseline: bool, round_index: int = 0) -> tuple[str, ...]:
+        """The variants to run: with a baseline, ``gateway_base`` next to ``gateway``.
+
+        After it in even rounds, before it in odd ones, so neither commit always runs
+        second (on a shared machine whatever runs later inherits its neighbour's load).
+        """
+        chosen: list[str] = []
+        for name in self.variants:
+            if baseline and name == "gateway":
+                pair = ["gateway", BASE]
+                chosen += reversed(pair) if round_index % 2 else pair
+            else:
+                chosen.append(name)
+        return tuple(chosen)
+
 
 FIGURES: dict[str, Figure] = {
     f.name: f
@@ -326,6 +428,9 @@ FIGURES: dict[str, Figure] = {
         Figure("up_16k", up_16k),
         Figure("echo", echo),
         Figure("setup", setup),
+        Figure("setup_1", setup_1),
+        Figure("setup_tls", setup_tls, ("direct", "gateway")),
+        Figure("setup_workers", setup_workers, ("gateway_1w", "gateway_2w")),
         Figure("idle_memory", idle_memory, ("nginx", "gateway")),
         Figure("workers", flood, ("direct", "nginx", "gateway_1w", "gateway_2w")),
         Figure("sessions", sessions, ("nginx", "gateway"), once=True),

@@ -45,10 +45,11 @@ def write_config(workdir: Path, auth_port: int) -> Path:
     return config
 
 
-def serve_help() -> str:
+def serve_help(tree: Path = ROOT, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "terminal_proxy", "serve", "--help"],
-        cwd=ROOT,
+        cwd=tree,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         timeout=30,
         check=False,
@@ -74,10 +75,21 @@ class GatewayProcess:
     ``listening on`` line is an info line, and the bench runs at ``warning``): the gateway
     is ready when every worker's socket listens on the port (``/proc/net/tcp``) and
     ``/-/health`` answers. A ``listening on`` line, when logged, is checked too.
+
+    ``tree`` is the source tree it runs from (its working directory, so ``python -m``
+    imports that tree's ``terminal_proxy``; ``env`` puts it first on ``PYTHONPATH`` too).
     """
 
-    def __init__(self, config: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        tree: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.tree = tree
         self.workers = workers_in(extra_args)
         argv = [
             sys.executable,
@@ -90,7 +102,7 @@ class GatewayProcess:
             f"127.0.0.1:{self.port}",
             *extra_args,
         ]
-        self.child = Child("gateway", argv)
+        self.child = Child("gateway", argv, cwd=tree, env=env)
         try:
             self._wait_ready(30.0)
         except BaseException:
@@ -109,9 +121,16 @@ class GatewayProcess:
                 if match and int(match.group(1)) != self.port:
                     raise RuntimeError(f"gateway listens elsewhere: {line}")
             if listening_sockets(self.port) >= self.workers and self._healthy():
+                self._check_tree()
                 return
             time.sleep(0.05)
         raise RuntimeError(f"gateway not ready after {timeout:g}s: {self.child.tail()}")
+
+    def _check_tree(self) -> None:
+        """The process runs in the tree it was asked to (``python -m`` imports from there)."""
+        cwd = Path(os.readlink(f"/proc/{self.child.pid}/cwd"))
+        if cwd.resolve() != self.tree.resolve():
+            raise RuntimeError(f"gateway runs in {cwd}, not in {self.tree}")
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)

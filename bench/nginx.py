@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.procs import Child, free_port
 
-__all__ = ["NginxProcess", "ensure_nginx", "nginx_version"]
+__all__ = ["NginxProcess", "find_nginx", "nginx_version"]
 
 CONFIG = """\
 daemon off;
@@ -51,24 +51,8 @@ http {{
 """
 
 
-def ensure_nginx() -> str | None:
-    """The nginx binary, installing Debian's package if it is missing; None if impossible."""
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found:
-        return found
-    if shutil.which("apt-get") is None:
-        return None
-    env_cmds = [
-        ["apt-get", "install", "-y", "nginx"],
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "nginx"],
-    ]
-    for argv in env_cmds:
-        result = subprocess.run(argv, capture_output=True, timeout=600, check=False)
-        if result.returncode == 0 and argv[1] == "install":
-            break
+def find_nginx() -> str | None:
+    """The nginx binary, or None: the bench never installs it (scripts/install-proxies does)."""
     return shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )

@@ -114,13 +114,14 @@ class Child:
         *,
         stdout: bool = False,
         env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.lines: deque[str] = deque(maxlen=200)
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -183,15 +184,16 @@ class Child:
                     pipe.close()
 
 
-def python_child(name: str, module: str, *args: str) -> tuple[Child, int]:
-    """Start ``python -m module args`` that prints ``{"port": N}``; return it and N."""
+def python_child(name: str, module: str, *args: str) -> tuple[Child, dict[str, Any]]:
+    """Start ``python -m module args`` that prints ``{"port": N, ...}``; it and that line."""
     child = Child(name, [sys.executable, "-m", module, *args], stdout=True)
     try:
-        port = int(child.read_json_line(15)["port"])
+        announced = child.read_json_line(15)
+        int(announced["port"])
     except BaseException:
         child.stop()
         raise
-    return child, port
+    return child, announced
 
 
 # Clients -----------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """``python -m bench``: start everything on 127.0.0.1, measure, print the table, write JSON.
 
 One invocation starts the fake upstream and the fake authorization API once, then for
-every round and figure runs the variants in order (direct, nginx, gateway), each against a
-fresh relay process, with the clients in their own processes. Figures marked ``once`` (the
-long hold of many sessions) run a single time after the rounds. Every process is started
-in its own process group and stopped on every path.
+every round and figure runs the variants in order (direct, nginx, gateway and, with
+``--baseline REV``, gateway_base: the gateway of commit REV, checked out in a temporary
+worktree), each against a fresh relay process, with the clients in their own processes.
+Figures marked ``once`` (the long hold of many sessions) run a single time after the
+rounds. Every process is started in its own process group and stopped on every path
+(the worktree is removed on every path too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -27,10 +30,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.baseline import BASE, Tree, baseline_tree, imported_from, tree_env
 from bench.common import uvloop_available
-from bench.figures import FIGURES, Bench, Settings, Skip
+from bench.figures import FIGURES, NGINX_MISSING, Bench, Settings, Skip
 from bench.gateway import serve_help, write_config
-from bench.nginx import ensure_nginx, nginx_version
+from bench.nginx import find_nginx, nginx_version
 from bench.procs import ROOT, Child, python_child
 from bench.report import ROWS, build_rows, format_table
 
@@ -49,6 +53,7 @@ FULL = Settings(
     hold_batch=100,
     setup_concurrency=32,
     setup_seconds=5.0,
+    setup_workers_processes=2,
     flood_sessions=8,
     flood_seconds=5.0,
     client_timeout=600.0,
@@ -66,6 +71,7 @@ SMOKE = Settings(
     hold_batch=50,
     setup_concurrency=8,
     setup_seconds=1.0,
+    setup_workers_processes=2,
     flood_sessions=8,
     flood_seconds=1.0,
     client_timeout=120.0,
@@ -78,6 +84,9 @@ PROGRESS = {
     "up_16k": ("mb_per_s", "MB/s"),
     "echo": ("p50_us", "µs p50"),
     "setup": ("sessions_per_s", "sessions/s"),
+    "setup_1": ("p50_ms", "ms p50"),
+    "setup_tls": ("sessions_per_s", "sessions/s"),
+    "setup_workers": ("sessions_per_s", "sessions/s"),
     "idle_memory": ("kib_per_session", "KiB/session"),
     "workers": ("mb_per_s", "MB/s"),
     "sessions": ("verified", "sessions verified"),
@@ -98,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", default=str(ROOT / "bench" / "results" / "latest.json"), help="JSON output"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the gateway of git revision REV (a temporary worktree) as gateway_base",
     )
     parser.add_argument(
         "--gateway-args",
@@ -139,41 +153,64 @@ def main(argv: list[str] | None = None) -> int:
     gateway_args = shlex.split(args.gateway_args)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="terminal-proxy-bench-"))
-    children: list[Child] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        # Unwound in reverse: children stopped, then the work directory and the worktree.
+        baseline = None
+        if args.baseline:
+            _log(f"checking out {args.baseline} in a temporary worktree…")
+            baseline = stack.enter_context(baseline_tree(args.baseline))
+        workdir = Path(tempfile.mkdtemp(prefix="terminal-proxy-bench-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        children: list[Child] = []
+
+        def stop_children() -> None:
+            for child in reversed(children):
+                child.stop()
+
+        stack.callback(stop_children)
+        imports = _imports(baseline)
         nginx = None
         if any(v == "nginx" for f in figures for v in FIGURES[f].variants):
-            _log("checking nginx (installing Debian's package if missing)…")
-            nginx = ensure_nginx()
+            nginx = find_nginx()
             if nginx is None:
-                _log("nginx is not available: its columns will be empty")
+                _log(f"{NGINX_MISSING}: its columns will be empty")
         skipped: dict[str, str] = {}
-        if "workers" in figures and "--workers" not in serve_help():
-            skipped["workers"] = (
-                "not supported by this build (terminal-proxy serve has no --workers)"
-            )
-        upstream, upstream_port = python_child("upstream", "bench.upstream")
-        children.append(upstream)
-        auth, auth_port = python_child(
-            "authapi", "bench.authapi", "--upstream-port", str(upstream_port)
+        for name in ("workers", "setup_workers"):
+            if name in figures and "--workers" not in serve_help():
+                skipped[name] = (
+                    "not supported by this build (terminal-proxy serve has no --workers)"
+                )
+        tls = _tls_files(workdir / "tls") if "setup_tls" in figures else None
+        if "setup_tls" in figures and tls is None:
+            skipped["setup_tls"] = "trustme is not installed (pip install -e '.[test]')"
+        upstream, announced = python_child(
+            "upstream", "bench.upstream", *(("--tls-cert", str(tls[0])) if tls else ())
         )
+        children.append(upstream)
+        upstream_port, tls_port = int(announced["port"]), announced.get("tls_port")
+        auth_args = ["--upstream-port", str(upstream_port)]
+        if tls:
+            auth_args += ["--tls-port", str(tls_port), "--ca-file", str(tls[1])]
+        auth, auth_announced = python_child("authapi", "bench.authapi", *auth_args)
         children.append(auth)
         bench = Bench(
             settings=settings,
             workdir=workdir,
             upstream_port=upstream_port,
-            auth_port=auth_port,
+            auth_port=int(auth_announced["port"]),
             nginx_binary=nginx,
-            gateway_config=write_config(workdir / "gateway", auth_port),
+            gateway_config=write_config(workdir / "gateway", int(auth_announced["port"])),
             gateway_args=gateway_args,
+            upstream_tls_port=tls_port,
+            ca_file=tls[1] if tls else None,
+            baseline=baseline,
         )
         results, errors = _measure(bench, figures, rounds, skipped)
         rows = build_rows(results, skipped, smoke=args.smoke)
-        table = format_table(rows)
+        table = format_table(rows, baseline=baseline is not None)
         print(table, flush=True)
         doc = {
-            "schema": 1,
+            "schema": 2,
             "command": ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])],
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.monotonic() - started, 1),
@@ -182,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             "gateway_args": gateway_args,
             "settings": settings.__dict__,
             "machine": _machine(nginx),
+            "imports": imports,
+            "baseline": None
+            if baseline is None
+            else {"rev": baseline.rev, "commit": baseline.commit, "tree": str(baseline.path)},
             "rows": rows,
             "table": table,
             "results": results,
@@ -196,10 +237,37 @@ def main(argv: list[str] | None = None) -> int:
         for error in errors:
             _log(f"  error: {error}")
         return 1 if errors else 0
-    finally:
-        for child in reversed(children):
-            child.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    raise AssertionError("unreachable")  # ExitStack does not swallow exceptions
+
+
+def _imports(baseline: Tree | None) -> dict[str, str]:
+    """Where each gateway variant imports ``terminal_proxy`` from; refuses a wrong base."""
+    imports = {"gateway": imported_from(ROOT, {})}
+    _log(f"gateway imports {imports['gateway']}")
+    if baseline is not None:
+        found = imported_from(baseline.path, tree_env(baseline.path))
+        if not Path(found).resolve().is_relative_to(baseline.path.resolve()):
+            raise SystemExit(
+                f"python -m bench: {BASE} would import {found}, not the tree of {baseline.rev}"
+            )
+        imports[BASE] = found
+        _log(f"{BASE} imports {found} ({baseline.rev} = {baseline.commit[:12]})")
+    return imports
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path] | None:
+    """A CA and a certificate for 127.0.0.1 signed by it: (key + chain PEM, CA PEM)."""
+    try:
+        import trustme
+    except ImportError:
+        return None
+    directory.mkdir(parents=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, ca_file = directory / "upstream.pem", directory / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return chain, ca_file
 
 
 def _measure(
@@ -214,7 +282,7 @@ def _measure(
     for round_index, name in plan:
         figure = FIGURES[name]
         by_variant: dict[str, dict[str, Any]] = {}
-        for variant in figure.variants:
+        for variant in figure.variants_with(bench.baseline is not None, round_index):
             bench.current = name
             when = "once" if figure.once else f"round {round_index + 1}/{rounds}"
             label = f"[{when}] {name} {variant}"

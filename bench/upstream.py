@@ -14,7 +14,9 @@ payload`` frames. The URL's query chooses what a session does:
 - ``mode=echo``: echoes each stdin frame as stdout.
 - ``mode=idle``: holds the session (pings are answered in every mode).
 
-Run as ``python -m bench.upstream``: prints ``{"port": N}`` on stdout, serves on
+Run as ``python -m bench.upstream [--tls-cert PEM]``: prints ``{"port": N}`` on stdout
+(and ``"tls_port": M`` with ``--tls-cert``, a file holding the private key and the
+certificate chain: the same sessions over TLS, as kube-apiserver serves them), serves on
 127.0.0.1 until SIGTERM or until its stdin closes (the harness died).
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -278,22 +281,33 @@ class Session(asyncio.Protocol):
             self.transport.abort()
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, tls_cert: str | None) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Session, "127.0.0.1", port, backlog=4096)
-    bound = server.sockets[0].getsockname()[1]
-    print(json.dumps({"port": bound}), flush=True)
+    announced = {"port": server.sockets[0].getsockname()[1]}
+    servers = [server]
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert)
+        tls = await loop.create_server(Session, "127.0.0.1", 0, backlog=4096, ssl=context)
+        announced["tls_port"] = tls.sockets[0].getsockname()[1]
+        servers.append(tls)
+    print(json.dumps(announced), flush=True)
     done = stop_event()
-    async with server:
+    try:
         await done.wait()
+    finally:
+        for each in servers:
+            each.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="fake exec upstream for the benchmark")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", help="PEM file: private key and certificate chain")
     args = parser.parse_args()
     raise_nofile()
-    run(serve(args.port))
+    run(serve(args.port, args.tls_cert))
 
 
 if __name__ == "__main__":

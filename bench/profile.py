@@ -99,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tp-profile-") as tmp:
         workdir = Path(tmp)
         try:
-            upstream, upstream_port = python_child("upstream", "bench.upstream")
+            upstream, announced = python_child("upstream", "bench.upstream")
             children.append(upstream)
-            auth, auth_port = python_child(
-                "authapi", "bench.authapi", "--upstream-port", str(upstream_port)
+            auth, auth_announced = python_child(
+                "authapi", "bench.authapi", "--upstream-port", str(announced["port"])
             )
             children.append(auth)
-            config = write_config(workdir / "gateway", auth_port)
+            config = write_config(workdir / "gateway", int(auth_announced["port"]))
             gateway = GatewayProcess(config, args.gateway_args.split())
             params = {"host": "127.0.0.1", "port": gateway.port, "path": GATEWAY_PATH}
             params |= {"prefixed": False, "timeout": 30}

@@ -47,6 +47,8 @@ class FakeAuthApi:
     # "redirect", "huge", "bad_details".
     mode: str = "ok"
     deny_status: int = 403
+    # Set: a 200 answer carries exactly these bytes (with the contract's content type).
+    raw_body: bytes | None = None
     requests: list[AuthRequest] = field(default_factory=list)
     url: str = ""
     # Requests being answered now, and the most at once, per query string.
@@ -164,7 +166,8 @@ class FakeAuthApi:
             return web.Response(text="<html>login</html>", content_type="text/html")
         if mode == "huge":
             return web.Response(status=403, text="x" * 100_000)
-        return web.Response(body=self.body(), content_type=self._content_type())
+        body = self.body() if self.raw_body is None else self.raw_body
+        return web.Response(body=body, content_type=self._content_type())
 
     def _content_type(self) -> str:
         return (

@@ -36,6 +36,7 @@ from .errors import (
     NoCommonSubprotocol,
     NotWebSocket,
     OriginRejected,
+    PathRejected,
     UpgradeNotAllowed,
     UpstreamError,
 )
@@ -43,6 +44,7 @@ from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_rea
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
 from .recording import Recorder, RecordingSettings
 from .replay import ReplayBudget
+from .requestpath import check_request_path
 from .resume import remember_end, resume_session
 from .session import Session, SessionLimits, Stop, StopReason
 from .tasks import spawn
@@ -264,6 +266,12 @@ def new_request_id(replica_id: str = "") -> str:
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     request_id = new_request_id(gateway.config.session.replica_id)
+    try:
+        # Before anything reads the path: it reaches the authorization API as sent.
+        check_request_path(request.raw_path)
+    except PathRejected as exc:
+        log.info("request refused: %s", exc.detail, extra={"fields": {"request_id": request_id}})
+        return _error_response(exc.status, exc.public, request_id)
     route = _match_route(gateway, request.path)
     try:
         if route is None:

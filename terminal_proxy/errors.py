@@ -11,6 +11,7 @@ shares the request id.
     │   ├── NotWebSocket              400: plain HTTP on a terminal route
     │   ├── UpgradeNotAllowed         400: WebSocket upgrade on a non-terminal path
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
+    │   ├── PathRejected              400: a path that would be normalized elsewhere (..)
     │   ├── OriginRejected            403: cross-origin page
     │   └── MethodNotAllowed          405
     ├── AuthorizationError
@@ -35,6 +36,7 @@ __all__ = [
     "NoCommonSubprotocol",
     "NotWebSocket",
     "OriginRejected",
+    "PathRejected",
     "RequestRejected",
     "UpgradeNotAllowed",
     "UpstreamDialFailed",
@@ -71,6 +73,10 @@ class UpgradeNotAllowed(RequestRejected):
 
 
 class NoCommonSubprotocol(RequestRejected):
+    status = 400
+
+
+class PathRejected(RequestRejected):
     status = 400
 
 

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-__all__ = ["RawAnswer", "raw_request", "upgrade_head"]
+from aiohttp.test_utils import TestServer
+
+__all__ = ["RawAnswer", "ask", "raw_request", "upgrade_head"]
 
 WAIT = 10.0
 
@@ -71,3 +73,16 @@ async def raw_request(host: str, port: int, head: bytes) -> RawAnswer:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def ask(
+    server: TestServer,
+    target: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    *,
+    host: bytes | None = None,
+) -> RawAnswer:
+    """An upgrade request for ``target`` to ``server`` (Host: its own address by default)."""
+    assert server.port is not None
+    own = f"{server.host}:{server.port}".encode()
+    return await raw_request(server.host, server.port, upgrade_head(target, host or own, extra))

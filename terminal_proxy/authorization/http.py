@@ -19,7 +19,12 @@ import httpx
 import jwt
 
 from ..config import AuthorizationConfig
-from ..errors import AuthorizationTimeout, AuthorizationUnavailable, InvalidAuthorization
+from ..errors import (
+    AuthorizationTimeout,
+    AuthorizationUnavailable,
+    InvalidAuthorization,
+    PathRejected,
+)
 from . import BrowserRequest, Grant, PassBack
 
 __all__ = ["HttpAuthorizer", "forwardable_headers", "new_client"]
@@ -129,9 +134,21 @@ class HttpAuthorizer(abc.ABC):
         return [(self.jwt_header, self._jwt[1])]
 
     def url_for(self, request: BrowserRequest) -> httpx.URL:
+        """The backend's path prefix + the browser's path exactly as sent + /authorize.
+
+        The gateway refuses paths with dot-segments before authorization
+        (terminal_proxy/requestpath.py); should one get here anyway, a URL that httpx
+        normalized out from under the prefix is refused rather than asked about.
+        """
         path = self._backend.path.rstrip("/") + request.path + "/authorize"
         query = request.query_string.encode("ascii", "replace")
-        return self._backend.copy_with(path=path, query=query or None)
+        url = self._backend.copy_with(path=path, query=query or None)
+        if url.raw_path.split(b"?", 1)[0] != path.encode("ascii", "replace"):
+            raise PathRejected(
+                "the request path would change on its way to the authorization API",
+                detail=f"authorization path {path!r} was normalized to {url.raw_path!r}",
+            )
+        return url
 
     async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
         async with self._slots:

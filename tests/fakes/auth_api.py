@@ -34,6 +34,8 @@ class AuthRequest:
     host: str
     jwt_ok: bool
     answered: int = 0
+    # The path as it came on the wire (``path`` is decoded).
+    raw_path: str = ""
 
 
 @dataclass
@@ -135,6 +137,7 @@ class FakeAuthApi:
             headers=headers,
             host=request.host,
             jwt_ok=self._verify(request),
+            raw_path=request.raw_path.split("?", 1)[0],
         )
         async with self._changed:
             self.requests.append(record)

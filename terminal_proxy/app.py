@@ -28,10 +28,11 @@ from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
-from .config import Config
+from .config import Config, HostPattern
 from .errors import (
     AuthorizationError,
     GatewayError,
+    HostRejected,
     MethodNotAllowed,
     NoCommonSubprotocol,
     NotWebSocket,
@@ -346,7 +347,9 @@ async def _terminal(
             "no supported WebSocket subprotocol offered; supported: "
             + ", ".join(BROWSER_SUBPROTOCOLS)
         )
-    _check_origin(request, config.browser.allowed_origins)
+    scheme = _scheme(request, config.browser.trusted_proxies)
+    authority = _check_host(request, config.browser.allowed_hosts, scheme)
+    _check_origin(request, config.browser.allowed_origins, scheme, authority)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
     if chosen == TERMINAL_PROXY and "resume" in request.query:
@@ -710,7 +713,60 @@ def _offered(request: web.Request) -> list[str]:
     ]
 
 
-def _check_origin(request: web.Request, allowed: Sequence[str]) -> None:
+def _scheme(request: web.Request, trusted: Sequence[_IPNetwork]) -> str:
+    """The scheme the browser used: the listener's, or the last ``X-Forwarded-Proto``
+    value when the TCP peer is a trusted proxy (it terminates TLS in front of us)."""
+    if _is_trusted(request.remote or "", trusted):
+        told = [
+            part.strip().lower()
+            for value in request.headers.getall("X-Forwarded-Proto", ())
+            for part in value.split(",")
+            if part.strip()
+        ]
+        if told and told[-1] in ("http", "https"):
+            return told[-1]
+    return request.scheme
+
+
+def _authority(host: str, scheme: str) -> tuple[str, int] | None:
+    """A Host header as (lower-case host, port; the scheme's default when absent), or
+    None when it is not a plain ``host[:port]``."""
+    if not host or any(char in host for char in "/?#@\\") or not host.isprintable():
+        return None
+    try:
+        url = URL(f"{scheme}://{host}")
+    except ValueError:
+        return None
+    if url.host is None or url.port is None:
+        return None
+    return url.host.lower().rstrip("."), url.port
+
+
+def _check_host(
+    request: web.Request, allowed: Sequence[HostPattern], scheme: str
+) -> tuple[str, int] | None:
+    """``browser.allowed_hosts``: the Host header must name this gateway (stops DNS
+    rebinding, where Host and Origin are both the attacker's name). Returns the Host."""
+    host = request.headers.get("Host", "")
+    authority = _authority(host, scheme)
+    if not allowed:
+        return authority
+    if authority is not None and any(entry.matches(*authority) for entry in allowed):
+        return authority
+    raise HostRejected(
+        "this gateway does not serve terminals for the host in the request (browser.allowed_hosts)",
+        detail=f"Host {host!r} is not on browser.allowed_hosts",
+    )
+
+
+def _check_origin(
+    request: web.Request,
+    allowed: Sequence[str],
+    scheme: str,
+    authority: tuple[str, int] | None,
+) -> None:
+    """Same origin (scheme, host and port of the Origin equal the listener's scheme and
+    the Host header) or an allowlisted origin."""
     origin = request.headers.get("Origin")
     if origin is None:
         return  # not a browser (kubectl, scripts): nothing to forge
@@ -720,17 +776,23 @@ def _check_origin(request: web.Request, allowed: Sequence[str]) -> None:
         raise OriginRejected("origin not allowed", detail=f"unparseable Origin {origin!r}") from exc
     if url.host is not None:
         origin_host = url.host.lower()
+        if (
+            authority is not None
+            and url.scheme.lower() == scheme
+            and (origin_host.rstrip("."), url.port) == authority
+        ):
+            return
         port = url.explicit_port
         netloc = origin_host if port is None else f"{origin_host}:{port}"
-        if netloc == request.host.lower():
-            return
         normalized = f"{url.scheme}://{netloc}"
         if "*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}:
             return
     raise OriginRejected(
         "origin not allowed: the page opening this terminal is not same-origin and not on "
         "browser.allowed_origins",
-        detail=f"Origin {origin!r} is not {request.host!r} and not allowed",
+        detail=f"Origin {origin!r} is not {scheme}:// with Host "
+        f"{request.headers.get('Host', '')!r} and not allowed (behind a TLS proxy, the "
+        "proxy must send X-Forwarded-Proto and be on browser.trusted_proxies)",
     )
 
 

@@ -13,6 +13,7 @@ shares the request id.
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
     │   ├── PathRejected              400: a path that would be normalized elsewhere (..)
     │   ├── OriginRejected            403: cross-origin page
+    │   ├── HostRejected              421: Host not on browser.allowed_hosts (DNS rebinding)
     │   └── MethodNotAllowed          405
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
@@ -31,6 +32,7 @@ __all__ = [
     "AuthorizationTimeout",
     "AuthorizationUnavailable",
     "GatewayError",
+    "HostRejected",
     "InvalidAuthorization",
     "MethodNotAllowed",
     "NoCommonSubprotocol",
@@ -82,6 +84,10 @@ class PathRejected(RequestRejected):
 
 class OriginRejected(RequestRejected):
     status = 403
+
+
+class HostRejected(RequestRejected):
+    status = 421
 
 
 class MethodNotAllowed(RequestRejected):

@@ -11,6 +11,7 @@ Header order across keys is not significant; value order within a key is.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import ssl
 from collections.abc import Mapping, Sequence
@@ -21,29 +22,42 @@ from yarl import URL
 
 from .errors import InvalidAuthorization, UpstreamNotAllowed
 
-__all__ = ["ConnectionDetails", "HostMatcher", "Target", "ssl_context_for"]
+__all__ = [
+    "RESERVED_HEADERS",
+    "RESERVED_HEADER_PREFIXES",
+    "ConnectionDetails",
+    "HostMatcher",
+    "Target",
+    "ssl_context_for",
+]
 
-# Headers the gateway owns on the upstream handshake; an authorization answer that tries
-# to set them is invalid (gorilla/websocket refuses them too: "duplicate header").
-_RESERVED_HEADERS = frozenset(
+# Headers an authorization answer must not set for the upstream (docs/authorization-api.md):
+# those the gateway owns on the handshake (gorilla/websocket refuses them too: "duplicate
+# header"), hop-by-hop and body headers, and the browser's identity (Host, Cookie, Origin):
+# a grant names credentials for the upstream, never where the request seems to come from.
+RESERVED_HEADERS = frozenset(
     {
+        "host",
+        "cookie",
+        "origin",
         "connection",
         "upgrade",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
         "content-length",
         "transfer-encoding",
         "te",
         "trailer",
+        "trailers",
         "keep-alive",
-        "proxy-connection",
+        "http2-settings",
         "x-forwarded-for",
     }
 )
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Every header starting with one of these, too (Sec-WebSocket-*, Proxy-*).
+RESERVED_HEADER_PREFIXES = ("sec-websocket-", "proxy-")
+# RFC 9110 token; used with fullmatch (``$`` would accept a trailing newline).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A field value we pass on: visible ASCII, space and tab (no CTLs, no obs-text).
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
 _K8S_PATH = re.compile(
     r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<pod>[^/]+)/(?P<verb>exec|attach)$"
 )
@@ -164,7 +178,7 @@ def _parse_url(value: Any, name: str) -> URL:
 def _parse_subprotocols(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise _bad(name, "must be a non-empty list of strings")
-    if not all(isinstance(item, str) and _TOKEN.match(item) for item in value):
+    if not all(isinstance(item, str) and _TOKEN.fullmatch(item) for item in value):
         raise _bad(name, "must hold subprotocol tokens only")
     return tuple(value)
 
@@ -177,20 +191,38 @@ def _parse_headers(value: Any, name: str) -> tuple[tuple[str, tuple[str, ...]], 
     out: list[tuple[str, tuple[str, ...]]] = []
     seen: set[str] = set()
     for key, values in value.items():
-        if not isinstance(key, str) or not _TOKEN.match(key):
-            raise _bad(name, "has an invalid header name")
-        if key.lower() in _RESERVED_HEADERS:
-            raise _bad(f"{name}.{key}", "is set by the gateway and must not be given")
+        if not isinstance(key, str) or not _TOKEN.fullmatch(key):
+            raise _bad(name, f"has an invalid header name {_shown(key)}")
+        if _reserved(key):
+            raise _bad(
+                f"{name}.{key}",
+                "must not be given: the gateway sets it, or it is hop-by-hop "
+                "(docs/authorization-api.md lists the refused headers)",
+            )
         if key.lower() in seen:
             raise _bad(f"{name}.{key}", "is given twice")
         seen.add(key.lower())
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise _bad(f"{name}.{key}", "must be a list of strings")
-        if any("\r" in v or "\n" in v or "\0" in v for v in values):
-            raise _bad(f"{name}.{key}", "contains a control character")
+        if not all(_FIELD_VALUE.fullmatch(v) for v in values):
+            raise _bad(
+                f"{name}.{key}",
+                "contains a control or non-ASCII character (only printable ASCII, space and tab)",
+            )
         out.append((key, tuple(values)))
     out.sort(key=lambda item: item[0].lower())
     return tuple(out)
+
+
+def _reserved(header: str) -> bool:
+    lower = header.lower()
+    return lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` for an error message: escaped (``ascii``), cut to ``limit`` characters."""
+    shown = ascii(text[:limit])
+    return shown + "…" if len(text) > limit else shown
 
 
 def _parse_ca(value: Any, name: str) -> str | None:
@@ -210,8 +242,12 @@ def _parse_max_time(value: Any, name: str) -> float:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(name, "must be a number of seconds")
-    if value < 0 or value > _MAX_SESSION_TIME:
-        raise _bad(name, "is out of range")
+    if not math.isfinite(value):
+        raise _bad(name, "must be a finite number of seconds (not NaN or infinity)")
+    if value < 0:
+        raise _bad(name, "must not be negative")
+    if value > _MAX_SESSION_TIME:
+        raise _bad(name, "is out of range (at most 366 days)")
     return float(value)
 
 

@@ -329,6 +329,9 @@ class UpstreamConfig:
 class BrowserConfig:
     # Allowed Origin values ("https://host[:port]", normalized); empty: same origin only; "*": any.
     allowed_origins: tuple[str, ...] = ()
+    # Host header values terminals may be opened under ("host" any port, "host:port",
+    # "*.example.com"); empty: any Host. Stops DNS rebinding; others get 421.
+    allowed_hosts: tuple[HostPattern, ...] = ()
     # Keepalive ping interval, seconds; 0 disables.
     ping_interval: float = 30.0
     # How long to wait for a pong before giving up on the browser, seconds.
@@ -916,6 +919,18 @@ def _optional_listen(value: object) -> ListenAddress | None:
 
 def _parse_host_pattern(value: object) -> HostPattern:
     return HostPattern.parse(_text(value, "HOST:PORT"))
+
+
+def _parse_browser_host(value: object) -> HostPattern:
+    """A ``browser.allowed_hosts`` entry: a host pattern whose port may be left out (any)."""
+    text = _text(value, "a host")
+    try:
+        return HostPattern.parse(text)
+    except ValueError as exc:
+        try:
+            return HostPattern.parse(f"{text}:*")
+        except ValueError:
+            raise exc from None
 
 
 def _parse_origin(value: object) -> str:
@@ -1672,6 +1687,7 @@ _CONFIG: Final = _Section(
             BrowserConfig,
             {
                 "allowed_origins": _list(_parse_origin, what="origins"),
+                "allowed_hosts": _list(_parse_browser_host, what="hosts"),
                 "ping_interval": _ZERO_DISABLES,
                 "pong_timeout": _POSITIVE,
                 "max_message_size": _SIZE,

@@ -99,9 +99,23 @@ def demo_config(
         upstream=dataclasses.replace(
             base.upstream, allowed_hosts=(HostPattern.parse(session_server),)
         ),
+        browser=dataclasses.replace(base.browser, allowed_hosts=demo_hosts(listen)),
         session=session,
         recording=recording,
     )
+
+
+def demo_hosts(listen: ListenAddress) -> tuple[HostPattern, ...]:
+    """``browser.allowed_hosts`` of the demo: this machine's names (stops DNS rebinding
+    of a page that opens terminals), and the listen address when it is a specific one; a
+    wildcard listen address (0.0.0.0, ::) is reached under names the demo cannot know."""
+    if listen.host in ("0.0.0.0", "::", ""):
+        return ()
+    names = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    own = f"[{listen.host}]:*" if ":" in listen.host else f"{listen.host}:*"
+    if own not in names:
+        names.append(own)
+    return tuple(HostPattern.parse(name) for name in names)
 
 
 def add_demo_routes(

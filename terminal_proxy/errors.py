@@ -11,7 +11,9 @@ shares the request id.
     │   ├── NotWebSocket              400: plain HTTP on a terminal route
     │   ├── UpgradeNotAllowed         400: WebSocket upgrade on a non-terminal path
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
+    │   ├── PathRejected              400: a path that would be normalized elsewhere (..)
     │   ├── OriginRejected            403: cross-origin page
+    │   ├── HostRejected              421: Host not on browser.allowed_hosts (DNS rebinding)
     │   └── MethodNotAllowed          405
     ├── LimitReached                  503/429 + Retry-After: one of limits.* (``limit``)
     ├── AuthorizationError
@@ -31,12 +33,14 @@ __all__ = [
     "AuthorizationTimeout",
     "AuthorizationUnavailable",
     "GatewayError",
+    "HostRejected",
     "InvalidAuthorization",
     "LimitReached",
     "MethodNotAllowed",
     "NoCommonSubprotocol",
     "NotWebSocket",
     "OriginRejected",
+    "PathRejected",
     "RequestRejected",
     "UpgradeNotAllowed",
     "UpstreamDialFailed",
@@ -76,8 +80,16 @@ class NoCommonSubprotocol(RequestRejected):
     status = 400
 
 
+class PathRejected(RequestRejected):
+    status = 400
+
+
 class OriginRejected(RequestRejected):
     status = 403
+
+
+class HostRejected(RequestRejected):
+    status = 421
 
 
 class MethodNotAllowed(RequestRejected):

@@ -28,6 +28,7 @@ from .errors import (
     LimitReached,
     MethodNotAllowed,
     NoCommonSubprotocol,
+    PathRejected,
     UpgradeNotAllowed,
     UpstreamError,
 )
@@ -36,12 +37,15 @@ from .metrics import dial_failure_reason
 from .observability import ended_fields, opened_fields
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
 from .registry import Slot
+from .requestpath import check_request_path
 from .resume import resume_session
 from .routes import (
+    check_host,
     check_origin,
     check_upgrade_headers,
     match_route,
     offered,
+    request_scheme,
     snapshot,
     wants_upgrade,
 )
@@ -95,6 +99,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     """Every request that no other route took: a terminal route, or 404/400."""
     gateway = request.app[GATEWAY]
     request_id = new_request_id(gateway.config.session.replica_id)
+    try:
+        # Before anything reads the path: it reaches the authorization API as sent.
+        check_request_path(request.raw_path)
+    except PathRejected as exc:
+        log.info("request refused: %s", exc.detail, extra={"fields": {"request_id": request_id}})
+        return _error_response(exc.status, exc.public, request_id)
     found = match_route(gateway.config.routes, request.path)
     route = None if found is None else found[0].name
     try:
@@ -149,7 +159,12 @@ async def _terminal(
             "no supported WebSocket subprotocol offered; supported: "
             + ", ".join(BROWSER_SUBPROTOCOLS)
         )
-    check_origin(request.headers.get("Origin"), request.host, config.browser.allowed_origins)
+    browser = config.browser
+    headers = request.headers
+    scheme = request_scheme(request.scheme, request.remote or "", headers, browser.trusted_proxies)
+    host = headers.get("Host", "")
+    authority = check_host(host, browser.allowed_hosts, scheme)
+    check_origin(headers.get("Origin"), browser.allowed_origins, scheme, authority, host)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
     browser_request = snapshot(

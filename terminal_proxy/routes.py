@@ -14,16 +14,19 @@ from multidict import MultiMapping
 from yarl import URL
 
 from .authorization import BrowserRequest
-from .config import RouteConfig
-from .errors import NotWebSocket, OriginRejected
+from .config import HostPattern, RouteConfig
+from .errors import HostRejected, NotWebSocket, OriginRejected
 
 __all__ = [
     "IPNetwork",
+    "authority_of",
+    "check_host",
     "check_origin",
     "check_upgrade_headers",
     "is_trusted",
     "match_route",
     "offered",
+    "request_scheme",
     "snapshot",
     "wants_upgrade",
 ]
@@ -83,8 +86,60 @@ def offered(headers: Headers) -> list[str]:
     ]
 
 
-def check_origin(origin: str | None, host: str, allowed: Sequence[str]) -> None:
-    """Same-origin, or an origin on ``browser.allowed_origins``; no Origin: not a browser."""
+def request_scheme(
+    listener_scheme: str, remote: str, headers: Headers, trusted: Sequence[IPNetwork]
+) -> str:
+    """The scheme the browser used: the listener's, or the last ``X-Forwarded-Proto``
+    value when the TCP peer is a trusted proxy (it terminates TLS in front of us)."""
+    if is_trusted(remote, trusted):
+        told = [
+            part.strip().lower()
+            for value in headers.getall("X-Forwarded-Proto", ())
+            for part in value.split(",")
+            if part.strip()
+        ]
+        if told and told[-1] in ("http", "https"):
+            return told[-1]
+    return listener_scheme
+
+
+def authority_of(host: str, scheme: str) -> tuple[str, int] | None:
+    """A Host header as (lower-case host, port; the scheme's default when absent), or
+    None when it is not a plain ``host[:port]``."""
+    if not host or any(char in host for char in "/?#@\\") or not host.isprintable():
+        return None
+    try:
+        url = URL(f"{scheme}://{host}")
+    except ValueError:
+        return None
+    if url.host is None or url.port is None:
+        return None
+    return url.host.lower().rstrip("."), url.port
+
+
+def check_host(host: str, allowed: Sequence[HostPattern], scheme: str) -> tuple[str, int] | None:
+    """``browser.allowed_hosts``: the Host header must name this gateway (stops DNS
+    rebinding, where Host and Origin are both the attacker's name). Returns the Host."""
+    authority = authority_of(host, scheme)
+    if not allowed:
+        return authority
+    if authority is not None and any(entry.matches(*authority) for entry in allowed):
+        return authority
+    raise HostRejected(
+        "this gateway does not serve terminals for the host in the request (browser.allowed_hosts)",
+        detail=f"Host {host!r} is not on browser.allowed_hosts",
+    )
+
+
+def check_origin(
+    origin: str | None,
+    allowed: Sequence[str],
+    scheme: str,
+    authority: tuple[str, int] | None,
+    host: str,
+) -> None:
+    """Same origin (the Origin's scheme, host and port equal the listener's scheme and the
+    Host header) or an origin on ``browser.allowed_origins``; no Origin: not a browser."""
     if origin is None:
         return  # not a browser (kubectl, scripts): nothing to forge
     try:
@@ -93,17 +148,23 @@ def check_origin(origin: str | None, host: str, allowed: Sequence[str]) -> None:
         raise OriginRejected("origin not allowed", detail=f"unparseable Origin {origin!r}") from exc
     if url.host is not None:
         origin_host = url.host.lower()
+        if (
+            authority is not None
+            and url.scheme.lower() == scheme
+            and (origin_host.rstrip("."), url.port) == authority
+        ):
+            return
         port = url.explicit_port
         netloc = origin_host if port is None else f"{origin_host}:{port}"
-        if netloc == host.lower():
-            return
         normalized = f"{url.scheme}://{netloc}"
         if "*" in allowed or normalized in {a.rstrip("/").lower() for a in allowed}:
             return
     raise OriginRejected(
         "origin not allowed: the page opening this terminal is not same-origin and not on "
         "browser.allowed_origins",
-        detail=f"Origin {origin!r} is not {host!r} and not allowed",
+        detail=f"Origin {origin!r} is not {scheme}:// with Host {host!r} and not allowed "
+        "(behind a TLS proxy, the proxy must send X-Forwarded-Proto and be on "
+        "browser.trusted_proxies)",
     )
 
 

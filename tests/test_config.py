@@ -98,6 +98,7 @@ DEFAULTS = [
     ("upstream.pong_timeout", 10.0),
     ("upstream.max_message_size", 4 * 1024 * 1024),
     ("browser.allowed_origins", ()),
+    ("browser.allowed_hosts", ()),
     ("browser.ping_interval", 30.0),
     ("browser.pong_timeout", 10.0),
     ("browser.max_message_size", 1024 * 1024),
@@ -225,6 +226,7 @@ upstream:
   max_message_size: 8MiB
 browser:
   allowed_origins: ["https://GitLab.example.com:443", "http://localhost:3000"]
+  allowed_hosts: [GitLab.example.com, "localhost:3000"]
   ping_interval: 1m
   pong_timeout: 20
   max_message_size: 65536
@@ -343,6 +345,10 @@ EVERY_KEY = [
     ("upstream.pong_timeout", 2.0),
     ("upstream.max_message_size", 8 * 1024 * 1024),
     ("browser.allowed_origins", ("https://gitlab.example.com", "http://localhost:3000")),
+    (
+        "browser.allowed_hosts",
+        (HostPattern("gitlab.example.com", None), HostPattern("localhost", 3000)),
+    ),
     ("browser.ping_interval", 60.0),
     ("browser.pong_timeout", 20.0),
     ("browser.max_message_size", 65536),

@@ -8,13 +8,16 @@ import re
 import pytest
 from multidict import CIMultiDict
 
-from terminal_proxy.config import DEFAULT_ROUTES, RouteConfig
-from terminal_proxy.errors import GatewayError, NotWebSocket, OriginRejected
+from terminal_proxy.config import DEFAULT_ROUTES, HostPattern, RouteConfig
+from terminal_proxy.errors import GatewayError, HostRejected, NotWebSocket, OriginRejected
 from terminal_proxy.routes import (
+    authority_of,
+    check_host,
     check_origin,
     check_upgrade_headers,
     match_route,
     offered,
+    request_scheme,
     snapshot,
     wants_upgrade,
 )
@@ -94,6 +97,9 @@ def test_offered_subprotocols_keep_the_browsers_order_across_headers() -> None:
         (None, (), True),
         ("http://gw.example:8181", (), True),
         ("http://GW.example:8181", (), True),
+        # Same host and port, another scheme: not the same origin.
+        ("https://gw.example:8181", (), False),
+        ("chrome-extension://gw.example:8181", (), False),
         ("http://evil.example", (), False),
         ("http://evil.example", ("http://evil.example/",), True),
         ("http://evil.example", ("*",), True),
@@ -101,12 +107,49 @@ def test_offered_subprotocols_keep_the_browsers_order_across_headers() -> None:
     ],
 )
 def test_origin(origin: str | None, allowed: tuple[str, ...], ok: bool) -> None:
+    host = "gw.example:8181"
+    authority = authority_of(host, "http")
     if ok:
-        check_origin(origin, "gw.example:8181", allowed)
+        check_origin(origin, allowed, "http", authority, host)
     else:
         with pytest.raises(OriginRejected) as raised:
-            check_origin(origin, "gw.example:8181", allowed)
+            check_origin(origin, allowed, "http", authority, host)
         assert isinstance(raised.value, GatewayError) and raised.value.status == 403
+
+
+@pytest.mark.parametrize(
+    ("remote", "proto", "scheme"),
+    [
+        ("10.0.0.2", "https", "https"),
+        ("10.0.0.2", "http, https", "https"),
+        ("10.0.0.2", "gopher", "http"),
+        # Only a trusted proxy may say how the browser connected.
+        ("203.0.113.9", "https", "http"),
+    ],
+)
+def test_request_scheme(remote: str, proto: str, scheme: str) -> None:
+    headers = CIMultiDict({"X-Forwarded-Proto": proto})
+    assert request_scheme("http", remote, headers, (PROXY,)) == scheme
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("gw.example", True),
+        ("gw.example:80", True),
+        ("GW.example.", True),
+        ("attacker.example", False),
+        ("", False),
+        ("gw.example@evil", False),
+    ],
+)
+def test_host_allowlist(host: str, ok: bool) -> None:
+    allowed = (HostPattern.parse("gw.example:80"),)
+    if ok:
+        assert check_host(host, allowed, "http") == ("gw.example", 80)
+    else:
+        with pytest.raises(HostRejected):
+            check_host(host, allowed, "http")
 
 
 PROXY = ipaddress.ip_network("10.0.0.0/8")

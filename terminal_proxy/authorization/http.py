@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import math
+import re
 import time
 from typing import Any
 
@@ -18,7 +20,12 @@ import jwt
 from yarl import URL
 
 from ..config import AuthorizationConfig
-from ..errors import AuthorizationTimeout, AuthorizationUnavailable, InvalidAuthorization
+from ..errors import (
+    AuthorizationTimeout,
+    AuthorizationUnavailable,
+    InvalidAuthorization,
+    PathRejected,
+)
 from . import BrowserRequest, Grant, PassBack
 
 __all__ = ["HttpAuthorizer", "forwardable_headers", "new_client"]
@@ -134,17 +141,28 @@ class HttpAuthorizer(abc.ABC):
         return [(self.jwt_header, self._jwt[1])]
 
     def url_for(self, request: BrowserRequest) -> URL:
-        """``<backend><path>/authorize?<query>``, path and query exactly as received."""
+        """The backend's path prefix + the browser's path exactly as sent + /authorize.
+
+        The gateway refuses paths with dot-segments before authorization
+        (terminal_proxy/requestpath.py); should one get here anyway, a URL whose path
+        would not reach the API as built here is refused rather than asked about.
+        """
         backend = self._backend
         path = backend.raw_path.rstrip("/") + request.path + "/authorize"
         query = request.query_string.encode("ascii", "replace").decode("ascii")
-        return URL.build(
+        url = URL.build(
             scheme=backend.scheme,
             authority=backend.raw_authority,
             path=path,
             query_string=query,
             encoded=True,
         )
+        if url.raw_path != path or any(seg in (".", "..") for seg in path.split("/")):
+            raise PathRejected(
+                "the request path would change on its way to the authorization API",
+                detail=f"authorization path {path!r} would be normalized",
+            )
+        return url
 
     async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
         async with self._slots:
@@ -201,11 +219,54 @@ class HttpAuthorizer(abc.ABC):
         """Turn a 200 answer into a Grant or raise InvalidAuthorization."""
 
 
+# Deepest nesting of an answer's JSON (the contracts need 4 levels): deeper documents are
+# refused before parsing, so no answer can exhaust the parser's recursion.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
 def load_json(body: bytes) -> Any:
+    """Parse an answer: malformed, too deep, or holding a non-finite number (NaN,
+    Infinity, or one too large for a float) is InvalidAuthorization."""
+    _check_depth(body)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_non_finite, parse_float=_finite_float)
+    except RecursionError as exc:  # nesting hidden from _check_depth (UTF-16 bodies)
+        raise _too_deep() from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidAuthorization("authorization API returned malformed JSON") from exc
+
+
+def _check_depth(body: bytes) -> None:
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        depth += 1 if bracket[0] in b"[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+
+
+def _too_deep() -> InvalidAuthorization:
+    return InvalidAuthorization(
+        f"authorization API returned JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    )
+
+
+def _non_finite(name: str) -> Any:
+    raise InvalidAuthorization(
+        f"authorization API returned a non-finite number ({name}); numbers must be finite"
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidAuthorization(
+            "authorization API returned a number too large to represent; numbers must be finite"
+        )
+    return value
 
 
 def media_type(content_type: str) -> str:

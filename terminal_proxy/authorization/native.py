@@ -106,6 +106,8 @@ def _user(value: Any) -> tuple[str | None, tuple[str, ...]]:
     name = value.get("username", value.get("id"))
     if name is not None and (not isinstance(name, str | int) or isinstance(name, bool)):
         raise _bad("user.username", "must be a string")
+    if isinstance(name, int) and name < 0:
+        raise _bad("user.id", "must not be negative")
     groups = value.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise _bad("user.groups", "must be a list of strings")

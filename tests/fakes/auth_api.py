@@ -34,6 +34,8 @@ class AuthRequest:
     host: str
     jwt_ok: bool
     answered: int = 0
+    # The path as it came on the wire (``path`` is decoded).
+    raw_path: str = ""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class FakeAuthApi:
     # "redirect", "huge", "bad_details".
     mode: str = "ok"
     deny_status: int = 403
+    # Set: a 200 answer carries exactly these bytes (with the contract's content type).
+    raw_body: bytes | None = None
     requests: list[AuthRequest] = field(default_factory=list)
     url: str = ""
     # Requests being answered now, and the most at once, per query string.
@@ -138,6 +142,7 @@ class FakeAuthApi:
             headers=headers,
             host=request.host,
             jwt_ok=self._verify(request),
+            raw_path=request.raw_path.split("?", 1)[0],
         )
         async with self._changed:
             self.requests.append(record)
@@ -169,7 +174,8 @@ class FakeAuthApi:
             return web.Response(text="<html>login</html>", content_type="text/html")
         if mode == "huge":
             return web.Response(status=403, text="x" * 100_000)
-        return web.Response(body=self.body(), content_type=self._content_type())
+        body = self.body() if self.raw_body is None else self.raw_body
+        return web.Response(body=body, content_type=self._content_type())
 
     def _content_type(self) -> str:
         return (

@@ -101,6 +101,9 @@ async def resume_session(
     except SessionGone:
         return await refuse(Stop(StopReason.RESUME_UNKNOWN, "session ended"))
     except ProtocolError as exc:
+        # Offsets the session never had: this socket is refused, the owner's session and
+        # token stay as they were (a failed resume never costs the owner the shell).
+        link.restore_token(digest)
         return await refuse(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
     fields.update(client=browser_request.client_ip, resumes=link.resumes)
     gateway.metrics.resumes.labels("resumed").inc()

@@ -350,3 +350,65 @@ def test_pong_timeout_is_set_where_aiohttp_has_it_and_skipped_where_not() -> Non
     assert set_pong_timeout(ws, 3.0) is True
     assert ws._pong_heartbeat == 3.0
     assert set_pong_timeout(FakeSocket(), 3.0) is False
+
+
+class FakeLink:
+    """A browser link with no socket at all: records what the hub gives it."""
+
+    codec = codec_for(TERMINAL_PROXY, Role.SERVER)
+    resumes = 0
+    detached = False
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.latest = FakeSocket("fake-link")
+        self.output = bytearray()
+        self.events: list[object] = []
+        self.fail = fail
+        self.closed_with: Stop | None = None
+
+    async def open(self, expires_in: float | None) -> bool:
+        return True
+
+    async def send_output(self, data: bytes, stream: int) -> bool:
+        self.output += data
+        return not self.fail
+
+    async def send_event(self, event: object) -> bool:
+        self.events.append(event)
+        return not self.fail
+
+    async def receive(self) -> object:
+        raise AssertionError("a viewer's input is never read")
+
+    def left(self, msg: object) -> Stop:
+        raise AssertionError("never read")
+
+    def acked(self, received: int) -> None:
+        pass
+
+    def begin_end(self) -> None:
+        pass
+
+    async def linger(self, stopped: object) -> None:
+        pass
+
+    async def close(self, stop: Stop) -> None:
+        self.closed_with = stop
+
+    def finish(self) -> None:
+        pass
+
+
+async def test_the_hub_serves_any_link_output_events_and_the_end() -> None:
+    session, _, upstream = make_session()
+    viewer, broken = FakeLink(), FakeLink(fail=True)
+    session.links.add(viewer)  # type: ignore[arg-type]
+    session.links.add(broken)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(session.run())
+    upstream.feed(b"hello viewers")
+    await until(lambda: bytes(viewer.output) == b"hello viewers")
+    assert len(session.links) == 2  # the failing link left; the owner and the viewer stay
+    session.shut_down()
+    await within(run)
+    assert viewer.closed_with is not None and viewer.closed_with.reason is StopReason.SHUTDOWN
+    assert broken.closed_with is None

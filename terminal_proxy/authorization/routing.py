@@ -11,15 +11,36 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
-from ..config import PROVISION_KINDS, Config, UpstreamConfig
-from . import Authorizer, BrowserRequest, Extension, Grant, PassBack, extend_by, offer_of
-from .kubernetes import Cluster, KubernetesAuthorizer, load_clusters, match_route, passback
+from ..config import PROVISION_KINDS, Config, RouteConfig, UpstreamConfig
+from ..kube.cluster import Cluster, load_clusters
+from . import (
+    Authorizer,
+    BrowserRequest,
+    Extension,
+    Grant,
+    PassBack,
+    extend_by,
+    offer_of,
+    passback,
+)
 
-__all__ = ["RoutingAuthorizer", "uses_kubernetes", "with_kubernetes"]
+__all__ = ["RoutingAuthorizer", "match_route", "uses_kubernetes", "with_kubernetes"]
 
 log = logging.getLogger("terminal_proxy.kubernetes")
+
+
+def match_route(
+    routes: Sequence[RouteConfig], path: str
+) -> tuple[RouteConfig, re.Match[str]] | None:
+    """The first route whose pattern matches ``path`` (the gateway's own order)."""
+    for route in routes:
+        found = route.pattern.search(path)
+        if found is not None:
+            return route, found
+    return None
 
 
 def uses_kubernetes(config: Config) -> bool:
@@ -89,6 +110,8 @@ async def with_kubernetes(
             by_kind["authorization"] = api
         kinds = {route.kind for route in config.routes}
         if "kubernetes" in kinds:
+            from .kubernetes import KubernetesAuthorizer
+
             by_kind["kubernetes"] = KubernetesAuthorizer(config, clusters)
         if kinds & PROVISION_KINDS:
             from ..provision import ProvisionAuthorizer

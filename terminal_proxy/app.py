@@ -157,7 +157,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     upstream_config = config.upstream
     if any(route.kind != "authorization" for route in config.routes):
         # kubernetes_asyncio costs ~0.3 s and tens of MB to import: only when used.
-        from .authorization.routing import with_kubernetes
+        from .authorization.build import with_kubernetes
 
         # Kubernetes routes: the clusters' API hosts join the upstream allowlist.
         gateway.authorizer, upstream_config = await with_kubernetes(config, gateway.authorizer)

@@ -99,7 +99,7 @@ async def test_provisioned_terminal_on_a_real_cluster(e2e_user: str, tmp_path: P
         assert isinstance(routing, RoutingAuthorizer)
         provisioner = routing.authorizer_for_kind("kubernetes-provision")
         assert isinstance(provisioner, ProvisionAuthorizer)
-        cluster = routing._clusters["e2e"]
+        cluster = provisioner.clusters["e2e"]
         core = k8s.CoreV1Api(cluster.api)
         listed = await core.list_namespaced_pod(
             NAMESPACE,

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from terminal_proxy.app import GATEWAY
 from terminal_proxy.config import ConfigError, load_config
 from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
@@ -25,6 +24,7 @@ from tests.kubesetup import (
     TERMINAL_VIEW,
     USER_HEADER,
     ClusterKube,
+    cluster_of,
     gateway_rbac,
     provision_gateway,
     provisioner,
@@ -391,7 +391,7 @@ async def test_heartbeat_cleanup_and_revocation(
 
         now[0] += 240
         await fake.wait_for(lambda: heartbeat() == now[0])
-        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        cluster = cluster_of(server)
         assert await prov.sweep(cluster) == []
         # Revocation mid-session: alice may still exec, but no longer create pods.
         rbac.grants = [(s, r) for s, r in rbac.grants if s != "alice"]

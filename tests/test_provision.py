@@ -18,7 +18,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import terminal_proxy.provision as provision_module
-from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
@@ -26,6 +25,7 @@ from tests.kubesetup import (
     TERMINAL_VIEW,
     USER_HEADER,
     ClusterKube,
+    cluster_of,
     gateway_rbac,
     provision_config,
     provision_gateway,
@@ -215,7 +215,7 @@ async def test_heartbeat_keeps_and_silence_deletes(
 
         now[0] += 240  # four minutes later, the re-polls write a fresh heartbeat
         await fake.wait_for(lambda: heartbeat() == now[0])
-        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        cluster = cluster_of(server)
         assert await prov.sweep(cluster) == []
         await term.ws.close()
         now[0] += 301  # silence: more than heartbeat_timeout since the last heartbeat
@@ -330,7 +330,7 @@ async def test_extensions_at_once_each_count_and_reconnects_see_them(
         await ckube.next_session()
         expires, ceiling = _expiry_annotations(fake)
         name = fake.named("serviceaccounts", "team-a")[0]["metadata"]["name"]
-        cluster = server.app[GATEWAY].authorizer._clusters["dev"]  # type: ignore[union-attr]
+        cluster = cluster_of(server)
         prov = provisioner(server)
         first, second = await asyncio.gather(
             prov.extend_terminal(cluster, "team-a", name),

@@ -138,7 +138,7 @@ class ProvisionAuthorizer:
     def __init__(self, config: Config, clusters: Mapping[str, Cluster]) -> None:
         self._config: KubernetesProvisionConfig = config.kubernetes.provision
         self._routes = config.routes
-        self._clusters = clusters
+        self.clusters = clusters
         self._identity = IdentityVerifier(config.kubernetes.identity)
         self._tasks: list[asyncio.Task[None]] = []
         # Wall clock (annotations hold Unix seconds); tests move it.
@@ -150,7 +150,7 @@ class ProvisionAuthorizer:
     # Lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for cluster in self._clusters.values():
+        for cluster in self.clusters.values():
             self._tasks.append(
                 spawn(self._cleanup_loop(cluster), name=f"provision-cleanup-{cluster.name}")
             )
@@ -355,7 +355,7 @@ class ProvisionAuthorizer:
         if found is None or found[0].kind not in PROVISION_KINDS:
             return passback(404, "not a provisioned-terminal route")
         groups = found[1].groupdict()
-        cluster = self._clusters.get(groups["cluster"])
+        cluster = self.clusters.get(groups["cluster"])
         if cluster is None:
             return passback(404, f"no cluster named {groups['cluster']!r} is configured")
         identity = self._identity.identify(request)

@@ -13,10 +13,10 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from terminal_proxy.app import GATEWAY, build_app
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import Config, load_config
 from terminal_proxy.kube.cluster import Cluster
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.fakes.kubectl import write_kubeconfig

@@ -24,9 +24,9 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from terminal_proxy.app import GATEWAY
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import load_config
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.kubesetup import USER_HEADER, start_gateway
 from tests.termclient import open_term
 

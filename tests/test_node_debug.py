@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.config import ConfigError, load_config
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
     GATEWAY_USER,

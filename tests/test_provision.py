@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-import terminal_proxy.provision as provision_module
+import terminal_proxy.authorization.provision as provision_module
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (

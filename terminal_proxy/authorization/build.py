@@ -13,9 +13,9 @@ import logging
 
 from ..config import PROVISION_KINDS, Config, UpstreamConfig
 from ..kube.cluster import load_clusters
-from ..provision import ProvisionAuthorizer
 from . import Authorizer
 from .kubernetes import KubernetesAuthorizer
+from .provision import ProvisionAuthorizer
 from .routing import RoutingAuthorizer
 
 __all__ = ["with_kubernetes"]

@@ -42,15 +42,15 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..authorization import BrowserRequest, Extension, Grant, PassBack, passback
-from ..authorization.routing import match_route
-from ..channel import ConnectionDetails
-from ..config import PROVISION_KINDS, Config, IPNetwork, KubernetesProvisionConfig
-from ..errors import AuthorizationUnavailable
-from ..kube.cluster import API_TIMEOUT, Cluster, ClusterError, status_message
-from ..kube.identity import Identity, IdentityVerifier
-from ..kube.review import AccessCheck, impersonation_headers, review
-from ..tasks import cancel_and_wait, spawn
+from ...channel import ConnectionDetails
+from ...config import PROVISION_KINDS, Config, IPNetwork, KubernetesProvisionConfig
+from ...errors import AuthorizationUnavailable
+from ...kube.cluster import API_TIMEOUT, Cluster, ClusterError, status_message
+from ...kube.identity import Identity, IdentityVerifier
+from ...kube.review import AccessCheck, impersonation_headers, review
+from ...tasks import cancel_and_wait, spawn
+from .. import BrowserRequest, Extension, Grant, PassBack, passback
+from ..routing import match_route
 from .manifests import (
     ANNOTATION_EXPIRES,
     ANNOTATION_HEARTBEAT,

@@ -113,6 +113,6 @@ async def test_provisioned_terminal_on_a_real_cluster(e2e_user: str, tmp_path: P
         await term.read_until(b"direct-2")
         await term.ws.close()
 
-        provisioner.clock = lambda: 2**40  # far past every expiry
-        deleted = await provisioner.sweep(cluster)
+        provisioner.terminals.clock = lambda: 2**40  # far past every expiry
+        deleted = await provisioner.terminals.sweep(cluster)
         assert {f"{NAMESPACE}/{name}" for name in names} <= set(deleted)

@@ -377,7 +377,7 @@ async def test_heartbeat_cleanup_and_revocation(
     ) as server:
         prov = _provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), PROTOCOL, headers=_as("alice", ADMINS)
         )
@@ -392,7 +392,7 @@ async def test_heartbeat_cleanup_and_revocation(
         now[0] += 240
         await fake.wait_for(lambda: heartbeat() == now[0])
         cluster = cluster_of(server)
-        assert await prov.sweep(cluster) == []
+        assert await prov.terminals.sweep(cluster) == []
         # Revocation mid-session: alice may still exec, but no longer create pods.
         rbac.grants = [(s, r) for s, r in rbac.grants if s != "alice"]
         rbac.allow("alice", ["create"], ["pods/exec"], namespaces=["team-a"])
@@ -400,7 +400,7 @@ async def test_heartbeat_cleanup_and_revocation(
         assert (code, reason) == (4001, "authorization revoked")
         await session.wait_closed()
         now[0] += 301
-        assert await prov.sweep(cluster) == [f"team-a/{name}"]
+        assert await prov.terminals.sweep(cluster) == [f"team-a/{name}"]
         assert _namespaced(fake) == {kind: [] for kind in KINDS}
         assert _only_nodes(fake)
 
@@ -412,7 +412,7 @@ async def test_expired_node_debug_terminal_is_cleaned_up_by_the_loop(
     async with _gateway(ckube, tmp_path, {"cleanup_interval": "100ms"}) as server:
         prov = _provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), PROTOCOL, headers=_as("alice", ADMINS)
         )

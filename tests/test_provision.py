@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-import terminal_proxy.authorization.provision as provision_module
+import terminal_proxy.authorization.provision.lifecycle as lifecycle
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
@@ -201,7 +201,7 @@ async def test_heartbeat_keeps_and_silence_deletes(
     ) as server:
         prov = provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
         )
@@ -216,10 +216,10 @@ async def test_heartbeat_keeps_and_silence_deletes(
         now[0] += 240  # four minutes later, the re-polls write a fresh heartbeat
         await fake.wait_for(lambda: heartbeat() == now[0])
         cluster = cluster_of(server)
-        assert await prov.sweep(cluster) == []
+        assert await prov.terminals.sweep(cluster) == []
         await term.ws.close()
         now[0] += 301  # silence: more than heartbeat_timeout since the last heartbeat
-        assert await prov.sweep(cluster) == [f"team-a/{name}"]
+        assert await prov.terminals.sweep(cluster) == [f"team-a/{name}"]
         assert _objects(fake) == {kind: [] for kind in KINDS}
 
 
@@ -245,7 +245,7 @@ async def test_gateway_restart_still_cleans_up(
         ]
     )
     # The second gateway runs after the expiry: its own loop (not a call of ours) deletes it.
-    monkeypatch.setattr(provision_module, "wall_clock", lambda: expires + 1)
+    monkeypatch.setattr(lifecycle, "wall_clock", lambda: expires + 1)
     config = provision_config(ckube, tmp_path, ROUTES, PROVISION | {"cleanup_interval": "100ms"})
     async with start_gateway(config):
         await fake.wait_for(lambda: not fake.objects)
@@ -333,8 +333,8 @@ async def test_extensions_at_once_each_count_and_reconnects_see_them(
         cluster = cluster_of(server)
         prov = provisioner(server)
         first, second = await asyncio.gather(
-            prov.extend_terminal(cluster, "team-a", name),
-            prov.extend_terminal(cluster, "team-a", name),
+            prov.terminals.extend(cluster, "team-a", name),
+            prov.terminals.extend(cluster, "team-a", name),
         )
         assert _expiry_annotations(fake) == (expires + 1200, ceiling)
         assert first.expires_in is not None and second.expires_in is not None

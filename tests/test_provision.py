@@ -179,6 +179,26 @@ async def test_reconnect_reuses_the_terminal(
     assert len(fake.named("pods", "team-a")) == 1
 
 
+async def test_two_tabs_at_once_get_one_terminal_and_no_lock_is_kept(
+    gateway: TestServer, ckube: ClusterKube, fake: FakeCluster, browser: aiohttp.ClientSession
+) -> None:
+    """Provisioning is serialised per user and namespace; the lock is forgotten after (the
+    gateway does not keep one per user for ever)."""
+    url = str(gateway.make_url(PATH))
+    terms = await asyncio.gather(
+        *(
+            open_term(browser, url, "v4.channel.k8s.io", headers={USER_HEADER: "alice"})
+            for _ in "ab"
+        )
+    )
+    for _ in terms:
+        await ckube.next_session()
+    assert len(fake.named("pods", "team-a")) == 1
+    assert len(provisioner(gateway).locks) == 0
+    for term in terms:
+        await term.ws.close()
+
+
 async def test_denied_user_gets_403_and_nothing_is_created(
     gateway: TestServer, fake: FakeCluster, browser: aiohttp.ClientSession
 ) -> None:

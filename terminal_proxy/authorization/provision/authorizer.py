@@ -5,7 +5,6 @@ The terminals themselves (found, created, heartbeated, extended, swept) are ``li
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from ...errors import AuthorizationUnavailable
 from ...kube.cluster import Cluster, ClusterError
 from ...kube.identity import Identity, IdentityVerifier
 from ...kube.review import AccessCheck, impersonation_headers, review
+from ...locks import KeyedLocks
 from .. import BrowserRequest, Extension, Grant, PassBack, passback
 from ..routing import match_route
 from .failures import ProvisionFailed
@@ -58,8 +58,8 @@ class ProvisionAuthorizer:
         self._identity = IdentityVerifier(config.kubernetes.identity)
         self.terminals = Terminals(self._config, clusters)
         # Serialises provisioning per (cluster, namespace, user, node or ""): two tabs
-        # opened at once get one terminal.
-        self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
+        # opened at once get one terminal. A key is forgotten once nobody holds it.
+        self.locks: KeyedLocks[tuple[str, str, str, str]] = KeyedLocks()
 
     async def start(self) -> None:
         """Start the cleanup loops."""
@@ -82,12 +82,11 @@ class ProvisionAuthorizer:
         if denied is not None:
             return denied
         key = (cluster.name, namespace, identity.user, node or "")
-        lock = self._locks.setdefault(key, asyncio.Lock())
         terminals = self.terminals
         try:
             if node is not None:
                 await terminals.check_node(cluster, node)
-            async with lock:
+            async with self.locks.hold(key):
                 terminal = await terminals.find(cluster, namespace, identity.user, node)
                 if terminal is None:
                     terminal = await terminals.create(cluster, namespace, identity.user, node)

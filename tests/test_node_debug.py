@@ -322,6 +322,7 @@ async def test_gateway_without_node_permission_fails_clearly(
         )
     assert status == 502, body
     assert body.startswith("the gateway may not get nodes in cluster dev (check its RBAC)")
+    assert "\nrequest id: " in body  # the gateway's error, not an answer about the user
     assert _only_nodes(fake)
 
 

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import terminal_proxy.authorization.provision.lifecycle as lifecycle
+from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
@@ -82,6 +83,13 @@ def _gateway(
 async def gateway(ckube: ClusterKube, tmp_path: Path) -> AsyncIterator[TestServer]:
     async with _gateway(ckube, tmp_path) as server:
         yield server
+
+
+def _authorizations(server: TestServer, outcome: str) -> float:
+    """The gateway's count of handshake authorizations with ``outcome``."""
+    registry = server.app[GATEWAY].metrics.registry
+    value = registry.get_sample_value("terminal_proxy_authorizations_total", {"outcome": outcome})
+    return float(value or 0)
 
 
 def _objects(fake: FakeCluster) -> dict[str, list[dict[str, Any]]]:
@@ -415,7 +423,7 @@ async def test_failures_are_clear_and_leave_nothing_behind(
             for subject, rule in rbac.grants
         ]
     async with _gateway(ckube, tmp_path, provision) as server:
-        got, body, _ = await raw_handshake(
+        got, body, headers = await raw_handshake(
             browser,
             str(server.make_url(PATH)),
             protocols="v4.channel.k8s.io",
@@ -423,6 +431,14 @@ async def test_failures_are_clear_and_leave_nothing_behind(
         )
         assert got == status, body
         assert text in body
+        # The cluster's failures are the gateway's errors (request id, counted as such);
+        # the namespace's quota is an answer about the user's request.
+        outcome = {502: "unavailable", 504: "timeout"}.get(status, "refused")
+        assert _authorizations(server, outcome) == 1
+        if status >= 500:
+            assert body.endswith(f"\nrequest id: {headers['X-Request-Id']}\n")
+        else:
+            assert "X-Request-Id" not in headers
         # Something was created on the way (or not even the parent), and nothing is left.
         created = [
             r

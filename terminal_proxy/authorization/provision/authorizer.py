@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 from ...channel import ConnectionDetails
 from ...config import PROVISION_KINDS, Config, KubernetesProvisionConfig
-from ...errors import AuthorizationUnavailable
+from ...errors import AuthorizationUnavailable, ProvisioningFailed, ProvisioningTimeout
 from ...kube.cluster import Cluster, ClusterError
 from ...kube.identity import Identity, IdentityVerifier
 from ...kube.review import AccessCheck, impersonation_headers, review
 from ...locks import KeyedLocks
 from .. import BrowserRequest, Extension, Grant, PassBack, passback
 from ..routing import match_route
-from .failures import ProvisionFailed
+from .failures import ProvisionRefused
 from .lifecycle import Terminals
 from .manifests import CONTAINER
 
@@ -90,7 +90,7 @@ class ProvisionAuthorizer:
                 terminal = await terminals.find(cluster, namespace, identity.user, node)
                 if terminal is None:
                     terminal = await terminals.create(cluster, namespace, identity.user, node)
-        except ProvisionFailed as exc:
+        except ProvisionRefused as exc:
             log.warning(
                 "cluster %s: provisioning for %s failed: %s",
                 cluster.name,
@@ -98,6 +98,13 @@ class ProvisionAuthorizer:
                 exc.detail,
             )
             return exc.answer
+        except (ProvisioningFailed, ProvisioningTimeout) as exc:
+            # The gateway logs it with the request id; the detail says whose it was.
+            raise type(exc)(
+                exc.public,
+                detail=f"cluster {cluster.name}: provisioning for {identity.user} failed: "
+                f"{exc.detail}",
+            ) from exc
         try:
             bearer = await cluster.bearer()
         except ClusterError as exc:

@@ -23,12 +23,11 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ...config import IPNetwork, KubernetesProvisionConfig
-from ...errors import AuthorizationUnavailable
+from ...errors import AuthorizationUnavailable, ProvisioningFailed, ProvisioningTimeout
 from ...kube.cluster import API_TIMEOUT, Cluster
 from ...tasks import cancel_and_wait, spawn
-from .. import Extension, passback
+from .. import Extension
 from .failures import (
-    ProvisionFailed,
     api_failure,
     check_started,
     node_failure,
@@ -201,7 +200,7 @@ class Terminals:
         )
 
     async def check_node(self, cluster: Cluster, node: str) -> None:
-        """ProvisionFailed 404 unless ``node`` exists (before anything is created)."""
+        """ProvisionRefused 404 unless ``node`` exists (before anything is created)."""
         core = k8s.CoreV1Api(cluster.api)
         try:
             await core.read_node(node, _request_timeout=API_TIMEOUT)
@@ -356,21 +355,18 @@ async def _wait_ready(core: Any, namespace: str, name: str, ready_timeout: float
                     async for event in stream:
                         pod = event["raw_object"]
                         if event["type"] == "DELETED":
-                            raise ProvisionFailed(
-                                passback(502, "the terminal pod was deleted while starting"),
-                                f"pod {namespace}/{name} deleted while starting",
+                            raise ProvisioningFailed(
+                                "the terminal pod was deleted while starting",
+                                detail=f"pod {namespace}/{name} deleted while starting",
                             )
                         check_started(pod, namespace, name)
                         if _ready_raw(pod):
                             return
     except TimeoutError:
-        raise ProvisionFailed(
-            passback(
-                504,
-                f"the terminal pod was not ready within {ready_timeout:g}s "
-                "(kubernetes.provision.ready_timeout)",
-            ),
-            f"pod {namespace}/{name} not ready within {ready_timeout:g}s",
+        raise ProvisioningTimeout(
+            f"the terminal pod was not ready within {ready_timeout:g}s "
+            "(kubernetes.provision.ready_timeout)",
+            detail=f"pod {namespace}/{name} not ready within {ready_timeout:g}s",
         ) from None
     finally:
         watcher.stop()

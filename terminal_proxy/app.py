@@ -28,6 +28,7 @@ from .authorization import Authorizer, BrowserRequest, Grant, PassBack
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
+from .authorization.observed import ObservedAuthorizer
 from .config import Config
 from .errors import (
     AuthorizationError,
@@ -39,7 +40,7 @@ from .errors import (
     UpgradeNotAllowed,
     UpstreamError,
 )
-from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
+from .metrics import CONTENT_TYPE, Metrics, dial_failure_reason
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
 from .recording import Recorder, RecordingSettings
 from .replay import ReplayBudget

@@ -6,6 +6,7 @@
 authorizers are in ``terminal_proxy.authorization.kubernetes`` and
 ``terminal_proxy.authorization.provision``.
 
-Importing kubernetes_asyncio costs ~0.3 s and tens of MB, so only
-``terminal_proxy.authorization.build`` imports this package, and only when a route needs it.
+Importing kubernetes_asyncio costs ~0.3 s and tens of MB: only the Kubernetes authorizers
+use this package, and the app imports them (through ``terminal_proxy.authorization.build``)
+only when a route needs them.
 """

@@ -19,10 +19,11 @@ from .authorization import Authorizer
 from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
+from .authorization.observed import ObservedAuthorizer
 from .config import Config
 from .gateway import GATEWAY, Gateway, Services
 from .handshake import dispatch, new_request_id
-from .metrics import CONTENT_TYPE, ObservedAuthorizer
+from .metrics import CONTENT_TYPE
 from .upstream import Dialer
 
 __all__ = ["GATEWAY", "Gateway", "build_app", "drain", "new_request_id"]
@@ -76,7 +77,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     upstream_config = config.upstream
     if any(route.kind != "authorization" for route in config.routes):
         # kubernetes_asyncio costs ~0.3 s and tens of MB to import: only when used.
-        from .authorization.routing import with_kubernetes
+        from .authorization.build import with_kubernetes
 
         # Kubernetes routes: the clusters' API hosts join the upstream allowlist.
         authorizer, upstream_config = await with_kubernetes(config, authorizer)

@@ -239,9 +239,6 @@ class RouteConfig:
     # the pattern's named groups.
     kind: RouteKind = "authorization"
 
-    def matches(self, path: str) -> bool:
-        return self.pattern.search(path) is not None
-
 
 DEFAULT_ROUTES: Final = (
     RouteConfig("environment", re.compile(r"^/(?:[^/]+/)+-/environments/[0-9]+/terminal\.ws\Z")),

@@ -18,7 +18,12 @@ shares the request id.
     ├── LimitReached                  503/429 + Retry-After: one of limits.* (``limit``)
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
+    │   │   └── ProvisioningFailed    502: the cluster cannot give the user a provisioned
+    │   │                                  terminal (the gateway's RBAC, an API error, the
+    │   │                                  cluster unreachable, an image that cannot be
+    │   │                                  pulled, a container that cannot start)
     │   ├── AuthorizationTimeout      504
+    │   │   └── ProvisioningTimeout   504: the provisioned terminal's pod not ready in time
     │   └── InvalidAuthorization      502: malformed JSON or invalid connection details
     └── UpstreamError
         ├── UpstreamNotAllowed        502: host:port not on upstream.allowed_hosts
@@ -41,6 +46,8 @@ __all__ = [
     "NotWebSocket",
     "OriginRejected",
     "PathRejected",
+    "ProvisioningFailed",
+    "ProvisioningTimeout",
     "RequestRejected",
     "UpgradeNotAllowed",
     "UpstreamDialFailed",
@@ -114,6 +121,19 @@ class AuthorizationUnavailable(AuthorizationError):
 
 
 class AuthorizationTimeout(AuthorizationError):
+    status = 504
+
+
+class ProvisioningFailed(AuthorizationUnavailable):
+    """The cluster side of a provisioned terminal failed: not the user's fault, so not a
+    refusal (``authorizations{outcome="unavailable"}``, logged as a warning)."""
+
+    status = 502
+
+
+class ProvisioningTimeout(AuthorizationTimeout):
+    """The provisioned terminal's pod was not ready within ``ready_timeout``."""
+
     status = 504
 
 

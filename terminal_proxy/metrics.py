@@ -14,15 +14,6 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .authorization import (
-    Authorizer,
-    BrowserRequest,
-    Extension,
-    Grant,
-    PassBack,
-    extend_by,
-    offer_of,
-)
 from .errors import (
     AuthorizationError,
     AuthorizationTimeout,
@@ -33,7 +24,7 @@ from .errors import (
 )
 from .session.stop import StopReason
 
-__all__ = ["CONTENT_TYPE", "Metrics", "ObservedAuthorizer", "dial_failure_reason"]
+__all__ = ["CONTENT_TYPE", "Metrics", "dial_failure_reason"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -199,39 +190,3 @@ def dial_failure_reason(exc: GatewayError) -> str:
     if public.startswith("upstream refused the terminal"):
         return "rejected"
     return "failed"
-
-
-class ObservedAuthorizer:
-    """Wraps the authorizer sessions re-poll with, counting each re-poll's outcome.
-
-    The outcome is judged as ``Session`` judges it: an equal grant is ``unchanged``, an
-    unequal one ``changed``, a non-5xx refusal ``revoked``, errors and 5xx ``failed``.
-    """
-
-    def __init__(self, inner: Authorizer, metrics: Metrics) -> None:
-        self.inner = inner
-        self._counter = metrics.reauthorizations
-
-    async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
-        return await self.inner.authorize(request)
-
-    async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
-        try:
-            answer = await self.inner.reauthorize(request, grant)
-        except AuthorizationError:
-            self._counter.labels("failed").inc()
-            raise
-        if isinstance(answer, PassBack):
-            self._counter.labels("failed" if answer.status >= 500 else "revoked").inc()
-        else:
-            self._counter.labels("unchanged" if answer == grant else "changed").inc()
-        return answer
-
-    def extension_offer(self, request: BrowserRequest) -> float | None:
-        return offer_of(self.inner, request)
-
-    async def extend(self, request: BrowserRequest, grant: Grant) -> Extension:
-        return await extend_by(self.inner, request, grant)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

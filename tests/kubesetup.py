@@ -13,9 +13,10 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from terminal_proxy.app import GATEWAY, build_app
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import Config, load_config
-from terminal_proxy.provision import ProvisionAuthorizer
+from terminal_proxy.kube.cluster import Cluster
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.fakes.kubectl import write_kubeconfig
@@ -140,6 +141,11 @@ def provisioner(server: TestServer, kind: str = "kubernetes-provision") -> Provi
     found = routing.authorizer_for_kind(kind)
     assert isinstance(found, ProvisionAuthorizer)
     return found
+
+
+def cluster_of(server: TestServer, name: str = "dev") -> Cluster:
+    """The provisioner's client for cluster ``name``."""
+    return provisioner(server).clusters[name]
 
 
 def provision_gateway(

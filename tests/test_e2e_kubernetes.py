@@ -24,9 +24,9 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from terminal_proxy.app import GATEWAY
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import load_config
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.kubesetup import USER_HEADER, start_gateway
 from tests.termclient import open_term
 
@@ -99,7 +99,7 @@ async def test_provisioned_terminal_on_a_real_cluster(e2e_user: str, tmp_path: P
         assert isinstance(routing, RoutingAuthorizer)
         provisioner = routing.authorizer_for_kind("kubernetes-provision")
         assert isinstance(provisioner, ProvisionAuthorizer)
-        cluster = routing._clusters["e2e"]
+        cluster = provisioner.clusters["e2e"]
         core = k8s.CoreV1Api(cluster.api)
         listed = await core.list_namespaced_pod(
             NAMESPACE,
@@ -113,6 +113,6 @@ async def test_provisioned_terminal_on_a_real_cluster(e2e_user: str, tmp_path: P
         await term.read_until(b"direct-2")
         await term.ws.close()
 
-        provisioner.clock = lambda: 2**40  # far past every expiry
-        deleted = await provisioner.sweep(cluster)
+        provisioner.terminals.clock = lambda: 2**40  # far past every expiry
+        deleted = await provisioner.terminals.sweep(cluster)
         assert {f"{NAMESPACE}/{name}" for name in names} <= set(deleted)

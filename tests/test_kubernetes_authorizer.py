@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from terminal_proxy.authorization import BrowserRequest
-from terminal_proxy.authorization.kubernetes import ClusterError, Identity, IdentityVerifier
 from terminal_proxy.config import KubernetesIdentityConfig, load_config
+from terminal_proxy.kube.cluster import ClusterError
+from terminal_proxy.kube.identity import Identity, IdentityVerifier
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.kubesetup import (
     GATEWAY_USER,

@@ -15,9 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from terminal_proxy.app import GATEWAY
+from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.config import ConfigError, load_config
-from terminal_proxy.provision import ProvisionAuthorizer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
 from tests.kubesetup import (
     GATEWAY_USER,
@@ -25,6 +24,7 @@ from tests.kubesetup import (
     TERMINAL_VIEW,
     USER_HEADER,
     ClusterKube,
+    cluster_of,
     gateway_rbac,
     provision_gateway,
     provisioner,
@@ -322,6 +322,7 @@ async def test_gateway_without_node_permission_fails_clearly(
         )
     assert status == 502, body
     assert body.startswith("the gateway may not get nodes in cluster dev (check its RBAC)")
+    assert "\nrequest id: " in body  # the gateway's error, not an answer about the user
     assert _only_nodes(fake)
 
 
@@ -377,7 +378,7 @@ async def test_heartbeat_cleanup_and_revocation(
     ) as server:
         prov = _provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), PROTOCOL, headers=_as("alice", ADMINS)
         )
@@ -391,8 +392,8 @@ async def test_heartbeat_cleanup_and_revocation(
 
         now[0] += 240
         await fake.wait_for(lambda: heartbeat() == now[0])
-        cluster = server.app[GATEWAY].services().authorizer._clusters["dev"]  # type: ignore[attr-defined]
-        assert await prov.sweep(cluster) == []
+        cluster = cluster_of(server)
+        assert await prov.terminals.sweep(cluster) == []
         # Revocation mid-session: alice may still exec, but no longer create pods.
         rbac.grants = [(s, r) for s, r in rbac.grants if s != "alice"]
         rbac.allow("alice", ["create"], ["pods/exec"], namespaces=["team-a"])
@@ -400,7 +401,7 @@ async def test_heartbeat_cleanup_and_revocation(
         assert (code, reason) == (4001, "authorization revoked")
         await session.wait_closed()
         now[0] += 301
-        assert await prov.sweep(cluster) == [f"team-a/{name}"]
+        assert await prov.terminals.sweep(cluster) == [f"team-a/{name}"]
         assert _namespaced(fake) == {kind: [] for kind in KINDS}
         assert _only_nodes(fake)
 
@@ -412,7 +413,7 @@ async def test_expired_node_debug_terminal_is_cleaned_up_by_the_loop(
     async with _gateway(ckube, tmp_path, {"cleanup_interval": "100ms"}) as server:
         prov = _provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), PROTOCOL, headers=_as("alice", ADMINS)
         )

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-import terminal_proxy.provision as provision_module
+import terminal_proxy.authorization.provision.lifecycle as lifecycle
 from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
@@ -26,6 +26,7 @@ from tests.kubesetup import (
     TERMINAL_VIEW,
     USER_HEADER,
     ClusterKube,
+    cluster_of,
     gateway_rbac,
     provision_config,
     provision_gateway,
@@ -82,6 +83,13 @@ def _gateway(
 async def gateway(ckube: ClusterKube, tmp_path: Path) -> AsyncIterator[TestServer]:
     async with _gateway(ckube, tmp_path) as server:
         yield server
+
+
+def _authorizations(server: TestServer, outcome: str) -> float:
+    """The gateway's count of handshake authorizations with ``outcome``."""
+    registry = server.app[GATEWAY].metrics.registry
+    value = registry.get_sample_value("terminal_proxy_authorizations_total", {"outcome": outcome})
+    return float(value or 0)
 
 
 def _objects(fake: FakeCluster) -> dict[str, list[dict[str, Any]]]:
@@ -179,6 +187,26 @@ async def test_reconnect_reuses_the_terminal(
     assert len(fake.named("pods", "team-a")) == 1
 
 
+async def test_two_tabs_at_once_get_one_terminal_and_no_lock_is_kept(
+    gateway: TestServer, ckube: ClusterKube, fake: FakeCluster, browser: aiohttp.ClientSession
+) -> None:
+    """Provisioning is serialised per user and namespace; the lock is forgotten after (the
+    gateway does not keep one per user for ever)."""
+    url = str(gateway.make_url(PATH))
+    terms = await asyncio.gather(
+        *(
+            open_term(browser, url, "v4.channel.k8s.io", headers={USER_HEADER: "alice"})
+            for _ in "ab"
+        )
+    )
+    for _ in terms:
+        await ckube.next_session()
+    assert len(fake.named("pods", "team-a")) == 1
+    assert len(provisioner(gateway).locks) == 0
+    for term in terms:
+        await term.ws.close()
+
+
 async def test_denied_user_gets_403_and_nothing_is_created(
     gateway: TestServer, fake: FakeCluster, browser: aiohttp.ClientSession
 ) -> None:
@@ -201,7 +229,7 @@ async def test_heartbeat_keeps_and_silence_deletes(
     ) as server:
         prov = provisioner(server)
         now = [1_000_000.0]
-        prov.clock = lambda: now[0]
+        prov.terminals.clock = lambda: now[0]
         term = await open_term(
             browser, str(server.make_url(PATH)), "v4.channel.k8s.io", headers={USER_HEADER: "alice"}
         )
@@ -215,11 +243,11 @@ async def test_heartbeat_keeps_and_silence_deletes(
 
         now[0] += 240  # four minutes later, the re-polls write a fresh heartbeat
         await fake.wait_for(lambda: heartbeat() == now[0])
-        cluster = server.app[GATEWAY].services().authorizer._clusters["dev"]  # type: ignore[attr-defined]
-        assert await prov.sweep(cluster) == []
+        cluster = cluster_of(server)
+        assert await prov.terminals.sweep(cluster) == []
         await term.ws.close()
         now[0] += 301  # silence: more than heartbeat_timeout since the last heartbeat
-        assert await prov.sweep(cluster) == [f"team-a/{name}"]
+        assert await prov.terminals.sweep(cluster) == [f"team-a/{name}"]
         assert _objects(fake) == {kind: [] for kind in KINDS}
 
 
@@ -245,7 +273,7 @@ async def test_gateway_restart_still_cleans_up(
         ]
     )
     # The second gateway runs after the expiry: its own loop (not a call of ours) deletes it.
-    monkeypatch.setattr(provision_module, "wall_clock", lambda: expires + 1)
+    monkeypatch.setattr(lifecycle, "wall_clock", lambda: expires + 1)
     config = provision_config(ckube, tmp_path, ROUTES, PROVISION | {"cleanup_interval": "100ms"})
     async with start_gateway(config):
         await fake.wait_for(lambda: not fake.objects)
@@ -330,11 +358,11 @@ async def test_extensions_at_once_each_count_and_reconnects_see_them(
         await ckube.next_session()
         expires, ceiling = _expiry_annotations(fake)
         name = fake.named("serviceaccounts", "team-a")[0]["metadata"]["name"]
-        cluster = server.app[GATEWAY].services().authorizer._clusters["dev"]  # type: ignore[attr-defined]
+        cluster = cluster_of(server)
         prov = provisioner(server)
         first, second = await asyncio.gather(
-            prov.extend_terminal(cluster, "team-a", name),
-            prov.extend_terminal(cluster, "team-a", name),
+            prov.terminals.extend(cluster, "team-a", name),
+            prov.terminals.extend(cluster, "team-a", name),
         )
         assert _expiry_annotations(fake) == (expires + 1200, ceiling)
         assert first.expires_in is not None and second.expires_in is not None
@@ -395,7 +423,7 @@ async def test_failures_are_clear_and_leave_nothing_behind(
             for subject, rule in rbac.grants
         ]
     async with _gateway(ckube, tmp_path, provision) as server:
-        got, body, _ = await raw_handshake(
+        got, body, headers = await raw_handshake(
             browser,
             str(server.make_url(PATH)),
             protocols="v4.channel.k8s.io",
@@ -403,6 +431,14 @@ async def test_failures_are_clear_and_leave_nothing_behind(
         )
         assert got == status, body
         assert text in body
+        # The cluster's failures are the gateway's errors (request id, counted as such);
+        # the namespace's quota is an answer about the user's request.
+        outcome = {502: "unavailable", 504: "timeout"}.get(status, "refused")
+        assert _authorizations(server, outcome) == 1
+        if status >= 500:
+            assert body.endswith(f"\nrequest id: {headers['X-Request-Id']}\n")
+        else:
+            assert "X-Request-Id" not in headers
         # Something was created on the way (or not even the parent), and nothing is left.
         created = [
             r

@@ -23,6 +23,7 @@ __all__ = [
     "RecordingRequest",
     "extend_by",
     "offer_of",
+    "passback",
 ]
 
 
@@ -77,6 +78,12 @@ class PassBack:
     status: int
     headers: tuple[tuple[str, str], ...] = field(repr=False)
     body: bytes = field(repr=False)
+
+
+def passback(status: int, text: str) -> PassBack:
+    """A plain-text answer for the browser, before any upgrade."""
+    body = text if text.endswith("\n") else text + "\n"
+    return PassBack(status, (("Content-Type", "text/plain; charset=utf-8"),), body.encode())
 
 
 class Authorizer(Protocol):

@@ -37,7 +37,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import IPNetwork, KubernetesProvisionConfig
+from ...config import IPNetwork, KubernetesProvisionConfig
 
 __all__ = [
     "ANNOTATION_EXPIRES",

@@ -24,7 +24,7 @@ from ..kube.cluster import Cluster, ClusterError
 from ..kube.identity import Identity, IdentityVerifier
 from ..kube.review import AccessCheck, impersonation_headers, review
 from . import BrowserRequest, Grant, PassBack, passback
-from .routing import match_route
+from .routing import route_of
 
 __all__ = ["KubernetesAuthorizer"]
 
@@ -96,10 +96,10 @@ class KubernetesAuthorizer:
     def _target(
         self, request: BrowserRequest
     ) -> tuple[Cluster, Identity, str, dict[str, str]] | PassBack:
-        found = match_route(self._routes, request.path)
+        found = route_of(self._routes, request)
         if found is None or found[0].kind != "kubernetes":
             return passback(404, "not a Kubernetes terminal route")
-        groups = {k: v for k, v in found[1].groupdict().items() if v is not None}
+        groups = found[1]
         cluster = self._clusters.get(groups["cluster"])
         if cluster is None:
             return passback(404, f"no cluster named {groups['cluster']!r} is configured")

@@ -9,7 +9,6 @@ pattern that matches the path).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -25,17 +24,27 @@ from . import (
     passback,
 )
 
-__all__ = ["RoutingAuthorizer", "match_route"]
+__all__ = ["RoutingAuthorizer", "route_of"]
 
 
-def match_route(
-    routes: Sequence[RouteConfig], path: str
-) -> tuple[RouteConfig, re.Match[str]] | None:
-    """The first route whose pattern matches ``path`` (the gateway's own order)."""
+def route_of(
+    routes: Sequence[RouteConfig], request: BrowserRequest
+) -> tuple[RouteConfig, dict[str, str]] | None:
+    """The request's route and its pattern's named groups.
+
+    The gateway matches the route once and carries it in the request (``route``,
+    ``params``); a request built without one (a direct caller) is matched here, first
+    pattern first, as the gateway does.
+    """
+    if request.route:
+        for route in routes:
+            if route.name == request.route:
+                return route, dict(request.params)
+        return None
     for route in routes:
-        found = route.pattern.search(path)
+        found = route.pattern.search(request.path)
         if found is not None:
-            return route, found
+            return route, {k: v for k, v in found.groupdict().items() if v is not None}
     return None
 
 
@@ -63,7 +72,7 @@ class RoutingAuthorizer:
         return self._by_kind.get(kind)
 
     def _for(self, request: BrowserRequest) -> Authorizer | None:
-        found = match_route(self._routes, request.path)
+        found = route_of(self._routes, request)
         kind = "authorization" if found is None else found[0].kind
         return self._by_kind.get(kind)
 

@@ -18,7 +18,7 @@ from ...kube.identity import Identity, IdentityVerifier
 from ...kube.review import AccessCheck, impersonation_headers, review
 from ...locks import KeyedLocks
 from .. import BrowserRequest, Extension, Grant, PassBack, passback
-from ..routing import match_route
+from ..routing import route_of
 from .failures import ProvisionRefused
 from .lifecycle import Terminals
 from .manifests import CONTAINER
@@ -157,10 +157,10 @@ class ProvisionAuthorizer:
     # The request --------------------------------------------------------------------------
 
     def _target(self, request: BrowserRequest) -> _Target | PassBack:
-        found = match_route(self._routes, request.path)
+        found = route_of(self._routes, request)
         if found is None or found[0].kind not in PROVISION_KINDS:
             return passback(404, "not a provisioned-terminal route")
-        groups = found[1].groupdict()
+        groups = found[1]
         cluster = self.clusters.get(groups["cluster"])
         if cluster is None:
             return passback(404, f"no cluster named {groups['cluster']!r} is configured")

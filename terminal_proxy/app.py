@@ -546,7 +546,9 @@ def _start_recording(gateway: Gateway, session: Session, fields: dict[str, objec
         recorder = Recorder.start(settings, session.id, dict(fields))
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        log.warning("session %s: recording could not start: %s", session.id, error)
+        log.warning(
+            "recording could not start", extra={"fields": {"session": session.id, "error": error}}
+        )
         if required:
             session.request_stop(Stop(StopReason.RECORDING_FAILED, error))
         else:

@@ -628,7 +628,7 @@ class Session:
             code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
             if code == 1000 or not self.resumable:
                 return Stop(StopReason.BROWSER_LEFT, f"browser closed ({code})")
-            self._detach(ws, f"browser connection lost ({code})")
+            self._detach(ws, _browser_gone(code))
 
     # Resume ------------------------------------------------------------------------
 
@@ -663,7 +663,10 @@ class Session:
         self._attached.clear()
         self._detached_at = loop.time()
         grace = self._limits.resume_grace
-        log.info("session %s: browser detached (%s); resumable for %gs", self.id, detail, grace)
+        log.info(
+            "browser detached",
+            extra={"fields": {"session": self.id, "detail": detail, "resumable_s": grace}},
+        )
         self._record_marker(f"browser detached ({detail})")
         if self._grace_timer is not None:
             self._grace_timer.cancel()
@@ -737,11 +740,15 @@ class Session:
             self._lingering.set_result(None)
         self._record_marker("resumed" + (" (the browser lost some output)" if missed.reset else ""))
         log.info(
-            "session %s: resumed (offset %d, replayed %d bytes%s)",
-            self.id,
-            missed.offset,
-            len(data),
-            ", reset" if missed.reset else "",
+            "browser attached",
+            extra={
+                "fields": {
+                    "session": self.id,
+                    "offset": missed.offset,
+                    "replayed_bytes": len(data),
+                    "reset": missed.reset,
+                }
+            },
         )
         for old in stale:
             self._release(old)
@@ -847,12 +854,10 @@ class Session:
     async def _extend(self) -> None:
         """An extension request: granted when re-authorization still allows the session."""
         answer = await self._extension_answer()
-        log.info(
-            "session %s: extension %s%s",
-            self.id,
-            "granted" if answer.granted else "refused",
-            f" ({answer.reason})" if answer.reason else "",
-        )
+        fields: dict[str, object] = {"session": self.id, "granted": answer.granted}
+        if answer.reason:
+            fields["reason"] = answer.reason
+        log.info("extension", extra={"fields": fields})
         await self._send_event(answer)
 
     async def _extension_answer(self) -> ExtensionAnswer:
@@ -923,7 +928,10 @@ class Session:
             return
         recorder.abandon()
         self.recording_failure = f"{type(exc).__name__}: {exc.strerror or exc}"
-        log.warning("session %s: recording failed: %s", self.id, self.recording_failure)
+        log.warning(
+            "recording failed",
+            extra={"fields": {"session": self.id, "error": self.recording_failure}},
+        )
         if recorder.settings.required:
             self.request_stop(Stop(StopReason.RECORDING_FAILED, self.recording_failure))
         elif self._audit is not None:
@@ -996,7 +1004,9 @@ class Session:
         self._poll = None
         exc = task.exception()
         if exc is not None:
-            log.error("session task %s crashed", task.get_name(), exc_info=exc)
+            log.error(
+                "session task crashed", exc_info=exc, extra={"fields": {"task": task.get_name()}}
+            )
             self.request_stop(Stop(StopReason.INTERNAL, type(exc).__name__))
         elif (stop := task.result()) is not None:
             self.request_stop(stop)
@@ -1011,11 +1021,14 @@ class Session:
         except AuthorizationError as exc:
             self._poll_failures += 1
             log.warning(
-                "session %s: re-authorization failed (%d/%d): %s",
-                self.id,
-                self._poll_failures,
-                limits.poll_failure_grace,
-                exc.detail,
+                "re-authorization failed",
+                extra={
+                    "fields": {
+                        "session": self.id,
+                        "failures": f"{self._poll_failures}/{limits.poll_failure_grace}",
+                        "error": exc.detail,
+                    }
+                },
             )
             if self._poll_failures >= limits.poll_failure_grace:
                 return Stop(StopReason.AUTH_UNAVAILABLE, exc.public)
@@ -1024,11 +1037,14 @@ class Session:
             if answer.status >= 500:
                 self._poll_failures += 1
                 log.warning(
-                    "session %s: re-authorization answered %d (%d/%d)",
-                    self.id,
-                    answer.status,
-                    self._poll_failures,
-                    limits.poll_failure_grace,
+                    "re-authorization failed",
+                    extra={
+                        "fields": {
+                            "session": self.id,
+                            "failures": f"{self._poll_failures}/{limits.poll_failure_grace}",
+                            "status": answer.status,
+                        }
+                    },
                 )
                 if self._poll_failures >= limits.poll_failure_grace:
                     return Stop(StopReason.AUTH_UNAVAILABLE, f"status {answer.status}")
@@ -1082,13 +1098,28 @@ async def close_socket(ws: web.WebSocketResponse, stop: Stop, close_timeout: flo
         pass
 
 
+def _browser_gone(code: int | None) -> str:
+    """How a browser socket that ended without 1000 went, for the log and the recording:
+    a page that closed or navigated away says 1001 in a clean close frame; only a socket
+    that ended without one (1006) lost its connection."""
+    if code == 1001:
+        return "page closed or left (1001)"
+    if code is None or code == 1006:
+        return "browser connection lost (1006)"
+    return f"browser closed ({code})"
+
+
 def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) -> Stop:
     """The pumps' verdict first (what the peers did), then the stoppers'."""
     for task in pumps:
         if task.done():
             exc = task.exception()
             if exc is not None:
-                log.error("session task %s crashed", task.get_name(), exc_info=exc)
+                log.error(
+                    "session task crashed",
+                    exc_info=exc,
+                    extra={"fields": {"task": task.get_name()}},
+                )
                 return Stop(StopReason.INTERNAL, type(exc).__name__)
             return task.result()
     return stopped.result()

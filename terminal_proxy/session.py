@@ -325,7 +325,12 @@ class Session:
             self._limit_total = limit
             self._schedule_deadline()
         if self.resumable:
-            hello = Hello(self.id, self._new_token(), expires_in=self._remaining())
+            hello = Hello(
+                self.id,
+                self._new_token(),
+                expires_in=self._remaining(),
+                resume_grace=self._limits.resume_grace,
+            )
             await self._send_event(hello)
         pump_browser = self._pump_browser_controls if self.controls else self._pump_browser
         tasks: list[asyncio.Task[Stop]] = [
@@ -706,6 +711,7 @@ class Session:
                 resumed=True,
                 reset=missed.reset,
                 expires_in=self._remaining(),
+                resume_grace=self._limits.resume_grace,
             )
             frames = list(self.browser_codec.encode(hello))
             data = missed.data

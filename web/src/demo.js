@@ -14,6 +14,7 @@
 import "@xterm/xterm/css/xterm.css";
 import "./demo.css";
 import { connectTerminal } from "./terminal-client.js";
+import { backoffDelay } from "./close-codes.js";
 
 const container = document.getElementById("terminal");
 const statusLine = document.getElementById("status");
@@ -31,18 +32,36 @@ function sessionStore() {
   }
 }
 
-/** After a close that may mean "not signed in": ask the page's own URL (401 when not). */
-async function checkSignIn() {
-  let response;
+/** Is this page still signed in? true / false (401) / null (the demo is not answering). */
+async function signedIn() {
   try {
-    response = await fetch("/", { method: "HEAD", cache: "no-store", credentials: "same-origin" });
+    const response = await fetch("/", { method: "HEAD", cache: "no-store", credentials: "same-origin" });
+    return response.status !== 401;
   } catch {
-    return; // the demo is not running: the close already says "could not connect"
+    return null;
   }
-  if (response.status !== 401 || document.body.dataset.signedOut) return;
+}
+
+/** After a close that may mean "not signed in": say so when the demo answers 401. */
+async function checkSignIn() {
+  if ((await signedIn()) !== false || document.body.dataset.signedOut) return;
   document.body.dataset.signedOut = "true";
   handle.abandon(SIGNED_OUT);
 }
+
+/** The demo stopped (1001): once it answers again (backing off meanwhile, for up to
+ *  10 minutes), a restarted demo has forgotten this sign-in; say how to get a new one. */
+async function watchForRestart(generation) {
+  const until = Date.now() + 10 * 60 * 1000;
+  for (let attempt = 1; Date.now() < until && generation === closes; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));
+    const answer = await signedIn();
+    if (answer === null) continue;
+    if (answer === false && generation === closes) checkSignIn();
+    return;
+  }
+}
+let closes = 0; // a Reconnect (or a later close) stops an older watch
 
 const handle = connectTerminal(container, {
   path: container.dataset.wsPath || "/demo/terminal.ws",
@@ -61,7 +80,9 @@ const handle = connectTerminal(container, {
     if (!opened && attempt >= 2) checkSignIn(); // resumes refused before the upgrade
   },
   onClose(closed) {
+    closes += 1;
     if (closed.code === 4008 || (closed.code === 1006 && !closed.opened)) checkSignIn();
+    if (closed.code === 1001) watchForRestart(closes);
   },
 });
 
@@ -71,6 +92,7 @@ handle.onStatus((status) => {
   if (status.state !== "open") extendButton.hidden = true;
 });
 reconnectButton.addEventListener("click", () => {
+  closes += 1;
   delete document.body.dataset.signedOut;
   handle.reconnect();
 });

@@ -89,8 +89,25 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the shell to run (default: $SHELL, else /bin/bash, else /bin/sh)",
     )
-    demo.add_argument("--listen", default="127.0.0.1:8181", metavar="HOST:PORT")
+    demo.add_argument(
+        "--listen",
+        default="127.0.0.1:8181",
+        metavar="HOST:PORT",
+        help="where the page is served (default 127.0.0.1:8181; port 0 picks a free one, "
+        "the printed URL shows it)",
+    )
     demo.add_argument("--policy", metavar="FILE", help="built-in authorizer policy (YAML)")
+    demo.add_argument(
+        "--recordings",
+        metavar="DIR",
+        help="keep session recordings in DIR across restarts (default: a temporary "
+        "directory removed when the demo stops)",
+    )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log debug detail too (e.g. the internal session server's address)",
+    )
     demo.add_argument(
         "--max-session-time",
         metavar="DURATION",
@@ -217,7 +234,7 @@ def supervise(workers: int, host: str, port: int) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .authorization.static import Policy, PolicyError
     from .config import ListenAddress
-    from .demo import demo_policy, run_demo
+    from .demo import DemoError, demo_policy, run_demo
     from .units import parse_duration
 
     command = shlex.split(args.shell_command) if args.shell_command else [_default_shell()]
@@ -232,9 +249,13 @@ def _demo(args: argparse.Namespace) -> int:
     except (ValueError, PolicyError, OSError) as exc:
         print(f"terminal-proxy demo: {exc}", file=sys.stderr)
         return 2
-    setup_logging("info", "text")
+    setup_logging("debug" if args.verbose else "info", "text")
+    recordings = Path(args.recordings) if args.recordings else None
     try:
-        asyncio.run(run_demo(command=command, listen=listen, policy=policy))
+        asyncio.run(run_demo(command=command, listen=listen, policy=policy, recordings=recordings))
+    except DemoError as exc:
+        print(f"terminal-proxy demo: {exc}", file=sys.stderr)
+        return 1
     except (OSError, RuntimeError) as exc:
         log.error("demo: %s", exc)
         return 1

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
-import re
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,41 +25,22 @@ from aiohttp import web
 
 from . import __version__
 from .app import build_app
-from .authorization.static import COOKIE, Policy, PolicyUser, StaticAuthorizer
+from .authorization.static import Policy, PolicyUser, StaticAuthorizer
 from .config import Config, HostPattern, ListenAddress, default_config
+from .demo_pages import STATIC_DIR, add_demo_routes
 from .sessionserver import SessionServer
 
-__all__ = ["DEMO_TERMINAL_PATH", "run_demo"]
+__all__ = ["DEMO_TERMINAL_PATH", "DemoError", "run_demo"]
 
 log = logging.getLogger("terminal_proxy.demo")
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
-STATIC_DIR = WEB_DIR / "static"
 # The terminal the page opens (matched by the default generic route).
 DEMO_TERMINAL_PATH = "/demo/terminal.ws"
 DEMO_USER = "you"
-# The page loads only its own bundle and talks only to its own origin. xterm.js writes
-# its colours and cell sizes into style elements at run time (no nonce support), hence
-# 'unsafe-inline' for styles only; scripts stay 'self' with no eval.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
-    "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-_PAGE_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-# The recording player (asciinema-player) runs its terminal emulator as WebAssembly.
-_PLAYER_HEADERS = _PAGE_HEADERS | {
-    "Content-Security-Policy": CSP.replace(
-        "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'"
-    )
-}
-# Session ids (file names of recordings): hex, optionally after "<replica id>.".
-_RECORDING_NAME = re.compile(r"[a-z0-9-]{0,63}\.?[0-9a-f]{16}")
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says what to do."""
 
 
 # A time-limited demo session (--max-session-time) may be extended this often, each time
@@ -118,85 +100,49 @@ def demo_hosts(listen: ListenAddress) -> tuple[HostPattern, ...]:
     return tuple(HostPattern.parse(name) for name in names)
 
 
-def add_demo_routes(
-    app: web.Application, authorizer: StaticAuthorizer, recordings: Path | None = None
-) -> None:
-    """The page, its static files, the one-time login, and the recordings (a list at
-    /-/recordings/, a player page per recording, the .cast files) when ``recordings``."""
-
-    async def page(request: web.Request) -> web.StreamResponse:
-        if authorizer.user_for(tuple(request.headers.items())) is None:
-            return _error_page(401, "You are not signed in.")
-        return web.FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
-
-    async def login(request: web.Request) -> web.StreamResponse:
-        cookie = authorizer.login(request.query.get("token", ""))
-        if cookie is None:
-            return _error_page(403, "This login link is not valid (it may have been used).")
-        response = web.HTTPSeeOther("/")
-        response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/")
-        return response
-
-    app.router.add_get("/", page)
-    app.router.add_get("/-/login", login)
-    app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
-    if recordings is None:
-        return
-
-    def signed_in(request: web.Request) -> bool:
-        return authorizer.user_for(tuple(request.headers.items())) is not None
-
-    async def listing(request: web.Request) -> web.StreamResponse:
-        if not signed_in(request):
-            return _error_page(401, "You are not signed in.")
-        body = _recordings_page(recordings)
-        return web.Response(text=body, content_type="text/html", headers=_PAGE_HEADERS)
-
-    async def player(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        if not signed_in(request):
-            return _error_page(401, "You are not signed in.")
-        if not _RECORDING_NAME.fullmatch(name) or not (recordings / f"{name}.cast").exists():
-            return _error_page(404, "There is no such recording.")
-        template = (WEB_DIR / "recording.html").read_text(encoding="utf-8")
-        body = template.replace("{{cast_url}}", f"/-/recordings/{name}.cast")
-        return web.Response(text=body, content_type="text/html", headers=_PLAYER_HEADERS)
-
-    async def cast(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        if not signed_in(request):
-            return _error_page(401, "You are not signed in.")
-        path = recordings / f"{name}.cast"
-        if not _RECORDING_NAME.fullmatch(name) or not path.exists():
-            return _error_page(404, "There is no such recording.")
-        return web.FileResponse(path, headers=_PAGE_HEADERS | {"Content-Type": "text/plain"})
-
-    app.router.add_get("/-/recordings/", listing)
-    app.router.add_get("/-/recordings/{name}.cast", cast)
-    app.router.add_get("/-/recordings/{name}", player)
+def bind_listener(listen: ListenAddress) -> socket.socket:
+    """The demo's listening socket, bound before anything else starts; DemoError (with the
+    flag that picks another port) when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
+        family, *_, address = infos[0]
+        return socket.create_server(address, family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise DemoError(
+                f"{listen} is already in use (another demo, or another program): pick another "
+                f"port with --listen {_with_port(listen, 'PORT')}, or --listen "
+                f"{_with_port(listen, '0')} for any free one (the banner then shows it)"
+            ) from None
+        raise DemoError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
-def _recordings_page(recordings: Path) -> str:
-    """The list of recordings, newest first ("live" while the session still runs)."""
-    casts = sorted(recordings.glob("*.cast"), key=lambda p: p.stat().st_mtime, reverse=True)
-    items = "".join(
-        f'<li><a href="/-/recordings/{p.stem}">{p.stem}</a> '
-        f"({p.stat().st_size} bytes{'' if p.with_suffix('.json').exists() else ', live'})</li>"
-        for p in casts
+def _recordings_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DemoError(f"--recordings {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _with_port(listen: ListenAddress, port: str) -> str:
+    return f"[{listen.host}]:{port}" if ":" in listen.host else f"{listen.host}:{port}"
+
+
+def banner(base: str, token: str, recordings: Path, kept: bool) -> str:
+    """What the demo prints once it is ready: the login URL first, then the recordings."""
+    where = (
+        f"kept in {recordings}"
+        if kept
+        else "removed when the demo stops; --recordings DIR keeps them"
     )
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>terminal-proxy recordings</title>"
-        '<link rel="stylesheet" href="/static/terminal-proxy.css"></head>'
-        f'<body class="recordings"><h1>Recordings</h1><ul id="recordings">{items}</ul>'
-        "</body></html>"
+        f"terminal-proxy {__version__} demo is ready; open this URL in your browser:\n"
+        f"    {base}/-/login?token={token}\n"
+        f"Recordings of your sessions ({where}):\n"
+        f"    {base}/-/recordings/\n"
+        "Stop the demo with Ctrl+C."
     )
-
-
-def _error_page(status: int, message: str) -> web.Response:
-    template = (WEB_DIR / "error.html").read_text(encoding="utf-8")
-    body = template.replace("{{message}}", message)
-    return web.Response(status=status, text=body, content_type="text/html", headers=_PAGE_HEADERS)
 
 
 async def run_demo(
@@ -204,39 +150,45 @@ async def run_demo(
     command: Sequence[str],
     listen: ListenAddress,
     policy: Policy | None = None,
+    recordings: Path | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until ``stop`` is set (or SIGINT/SIGTERM)."""
+    """Serve until ``stop`` is set (or SIGINT/SIGTERM). Sessions are recorded into
+    ``recordings`` (created when missing), else into a directory removed at exit.
+    Raises DemoError when the demo cannot start."""
     if not (STATIC_DIR / "terminal-proxy.js").exists():
-        raise RuntimeError(
+        raise DemoError(
             f"the web page is not built ({STATIC_DIR} is missing): run scripts/build-web"
         )
     policy = policy or demo_policy()
+    # The address is checked first: nothing else starts when it is taken.
+    listener = bind_listener(listen)
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(listener.close)
+        if recordings is not None:
+            spool = _recordings_dir(recordings)
+        else:
+            spool = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tp-rec-")))
         session_server = await stack.enter_async_context(
             SessionServer(command=list(command), host="127.0.0.1")
         )
-        # The demo records its sessions (asciicast v2) into a directory removed at exit.
-        recordings = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tp-rec-")))
         authorizer = StaticAuthorizer(policy, session_server)
-        config = demo_config(listen, session_server.host_port, recordings, policy.max_session_time)
+        config = demo_config(listen, session_server.host_port, spool, policy.max_session_time)
         app = build_app(
             config,
             authorizer=authorizer,
-            extra_routes=lambda a: add_demo_routes(a, authorizer, recordings),
+            extra_routes=lambda a: add_demo_routes(a, authorizer, policy, command, spool),
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, listen.host, listen.port)
+            site = web.SockSite(runner, listener)
             await site.start()
             host, port = runner.addresses[0][:2]
             base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-            user = policy.users[0].name
-            token = authorizer.issue_one_time_token(user)
-            print(f"terminal-proxy {__version__} demo is ready; open this URL in your browser:")
-            print(f"    {base}/-/login?token={token}", flush=True)
+            token = authorizer.issue_one_time_token(policy.users[0].name)
+            print(banner(base, token, spool, recordings is not None), flush=True)
             if listen.host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("the demo listens on %s: other hosts can reach it", listen.host)
             if ready is not None:

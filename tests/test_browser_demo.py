@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -401,3 +402,123 @@ async def test_extend_button_extends_a_time_limited_session(chromium: Browser) -
         await page.keyboard.type("echo still-$((40+2))\n")
         await wait_for_screen(page, "^still-42$")
         await page.close()
+
+
+async def shell_pid(page: Page, tag: str) -> str:
+    """The shell's $$, printed on a line ``<tag>-<pid>``."""
+    await page.keyboard.type(f"echo {tag}-$$\n")
+    await wait_for_screen(page, f"^{tag}-[0-9]+$")
+    match = re.search(rf"^{tag}-([0-9]+)$", await screen(page), re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
+async def test_reload_resumes_the_same_shell(chromium: Browser, demo: Demo) -> None:
+    """A reload resumes the same shell (same $$) with the earlier output replayed; the
+    page's status shows no protocol names."""
+    page = await open_terminal(chromium, demo)
+    assert await page.locator("#status").text_content() == "connected"
+    before = await shell_pid(page, "before")
+    await page.reload()
+    await page.wait_for_function(
+        "() => window.terminalProxy && window.terminalProxy.handle.status.resumed === true",
+        timeout=15_000,
+    )
+    await page.wait_for_selector(".xterm-helper-textarea")
+    await page.locator(".xterm-helper-textarea").focus()
+    after = await shell_pid(page, "after")
+    assert after == before
+    text = await screen(page)
+    # The replay is exact: the first prompt and the earlier command come back once.
+    assert text.startswith(f"$ echo before-$$\nbefore-{before}\n$ echo after-$$\nafter-{after}")
+    await page.close()
+
+
+async def test_closed_tab_comes_back_within_the_grace(chromium: Browser, demo: Demo) -> None:
+    """A closed tab's session waits out the resume grace: a tab that brings back its
+    sessionStorage (as the browser's "reopen closed tab" does) gets the same shell."""
+    context = await chromium.new_context(viewport={"width": 1000, "height": 600})
+    page = await context.new_page()
+    await page.goto(demo.url)
+    await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.term")
+    await wait_for_screen(page, r"^\$ ")
+    await page.locator(".xterm-helper-textarea").focus()
+    before = await shell_pid(page, "tab")
+    kept = await page.evaluate("() => JSON.stringify(Object.entries(sessionStorage))")
+    await page.close()
+    reopened = await context.new_page()
+    await reopened.add_init_script(f"for (const [k, v] of {kept}) sessionStorage.setItem(k, v);")
+    await reopened.goto(demo.base + "/")
+    await reopened.wait_for_function(
+        "() => window.terminalProxy && window.terminalProxy.handle.status.resumed === true",
+        timeout=15_000,
+    )
+    await reopened.locator(".xterm-helper-textarea").focus()
+    assert await shell_pid(reopened, "back") == before
+    await context.close()
+
+
+async def test_restarted_demo_says_the_sign_in_is_gone(chromium: Browser) -> None:
+    """After the demo restarts (its sign-ins lived in memory) the open page says the
+    sign-in is gone and where a new link comes from, not a close code."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listen = f"127.0.0.1:{port}"
+    async with start_demo("--listen", listen) as demo:
+        page = await open_terminal(chromium, demo)
+        demo.proc.terminate()
+        await demo.proc.wait()
+    async with start_demo("--listen", listen):
+        await page.wait_for_function(
+            "() => document.querySelector('#status').textContent.includes('sign-in')",
+            timeout=30_000,
+        )
+        status = await page.locator("#status").text_content() or ""
+        assert "terminal-proxy demo" in status and "login link" in status
+        assert not re.search(r"\(\d{4}\)", status)
+        await wait_for_screen(page, "sign-in is no longer valid")
+        await page.close()
+
+
+async def test_time_limit_counts_down_and_says_why_it_ended(chromium: Browser) -> None:
+    """The expiry warning counts down in the status line, writes a line into the
+    terminal, and the end reads "session time limit reached", not a close code."""
+    async with start_demo("--max-session-time", "6s") as demo:
+        page = await open_terminal(chromium, demo)
+        first = await page.wait_for_function(
+            """() => {
+              const text = document.getElementById('status').textContent;
+              const m = /^session ends in (\\d+) s$/.exec(text);
+              return m && Number(m[1]);
+            }""",
+            timeout=15_000,
+        )
+        seconds = int(await first.json_value())
+        await page.wait_for_function(
+            """(first) => {
+              const text = document.getElementById('status').textContent;
+              const m = /^session ends in (\\d+) s$/.exec(text);
+              return m && Number(m[1]) < first;
+            }""",
+            arg=seconds,
+        )
+        await wait_for_screen(page, r"\[this session ends in \d+ s \(time limit\)")
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent === 'session time limit reached'",
+            timeout=15_000,
+        )
+        await wait_for_screen(page, r"^\[session time limit reached\]$")
+        assert "4004" not in await screen(page)
+        await page.close()
+
+
+async def test_page_furniture(chromium: Browser, demo: Demo) -> None:
+    """The page says how to copy and paste, links the recordings, and has an icon."""
+    page = await open_terminal(chromium, demo)
+    hint = await page.locator("#hint").text_content() or ""
+    assert "Ctrl+Shift+C" in hint and "Ctrl+Shift+V" in hint
+    assert await page.locator("#recordings-link").get_attribute("href") == "/-/recordings/"
+    response = await page.request.get(demo.base + "/favicon.ico")
+    assert response.status == 200
+    await page.close()

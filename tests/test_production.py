@@ -239,10 +239,10 @@ async def test_resumes_and_detached_sessions_are_counted(
     url = str(server.make_url(ENV_PATH))
     term = await open_term(browser, url, TERMINAL_PROXY)
     await wait_hello(term)
-    with logged("session ") as detached:
+    with logged("browser detached") as detached:
         drop(term)
         async with asyncio.timeout(10):
-            await detached.wait()  # "session detached"
+            await detached.wait()  # "browser detached session=… detail=…"
     samples = await scrape(browser, server)
     assert samples["terminal_proxy_sessions_detached"] == 1
     refused = await resume_term(browser, url, term, token="not-the-token")

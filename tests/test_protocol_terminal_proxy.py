@@ -120,12 +120,22 @@ SERVER_ENCODE: list[tuple[Event, list[Frame]]] = [
                     "resumed": False,
                     "reset": False,
                     "expires_in": None,
+                    "resume_grace": None,
                 }
             )
         ],
     ),
     (
-        Hello("s1", TOKEN, offset=10, input=3, resumed=True, reset=True, expires_in=59.99991),
+        Hello(
+            "s1",
+            TOKEN,
+            offset=10,
+            input=3,
+            resumed=True,
+            reset=True,
+            expires_in=59.99991,
+            resume_grace=300,
+        ),
         [
             j(
                 {
@@ -137,6 +147,7 @@ SERVER_ENCODE: list[tuple[Event, list[Frame]]] = [
                     "resumed": True,
                     "reset": True,
                     "expires_in": 60.0,
+                    "resume_grace": 300,
                 }
             )
         ],

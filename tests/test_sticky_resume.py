@@ -152,7 +152,7 @@ async def test_resume_through_the_proxy_lands_on_the_replica_holding_the_session
             drop(o.term)
         for o in opened:
             # The replica named in the id holds the session, and saw its browser go.
-            await logged(gateways[o.replica], "session detached", o.session)
+            await logged(gateways[o.replica], "browser detached", o.session)
 
         # A replica the proxy does not know: balanced like a new terminal, and refused.
         unknown = f"zz.{opened[0].session.partition('.')[2]}"
@@ -206,7 +206,7 @@ async def test_a_crashed_replica_takes_its_sessions_with_it(
         assert len(on_a) >= 2 and on_b, [o.session for o in opened]
         detached, attached = on_a[0], on_a[1]
         drop(detached.term)
-        await logged(gateways["a"], "session detached", detached.session)
+        await logged(gateways["a"], "browser detached", detached.session)
 
         assert await gateways["a"].stop(signal.SIGKILL) == -signal.SIGKILL
         for o in on_a:

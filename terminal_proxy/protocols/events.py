@@ -85,7 +85,8 @@ class Hello:
     output offset the bytes that follow start at (0 for a new session; on a resume the
     client's offset, or a later one when ``reset`` says bytes were lost); ``input`` is
     how many input bytes the upstream has been given (the client re-sends from there).
-    ``expires_in`` is the seconds left when the session has a time limit.
+    ``expires_in`` is the seconds left when the session has a time limit;
+    ``resume_grace`` how long the session waits for a resume once its browser is gone.
     """
 
     session: str
@@ -95,6 +96,7 @@ class Hello:
     resumed: bool = False
     reset: bool = False
     expires_in: float | None = None
+    resume_grace: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

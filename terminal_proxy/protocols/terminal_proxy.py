@@ -143,6 +143,7 @@ class TerminalProxyCodec:
                     resumed=doc.get("resumed") is True,
                     reset=doc.get("reset") is True,
                     expires_in=_seconds(doc, "expires_in"),
+                    resume_grace=_seconds(doc, "resume_grace"),
                 ),
             )
         if kind == "exit":
@@ -217,6 +218,7 @@ class TerminalProxyCodec:
                         "resumed": event.resumed,
                         "reset": event.reset,
                         "expires_in": _round(event.expires_in),
+                        "resume_grace": _round(event.resume_grace),
                     }
                 ),
             )

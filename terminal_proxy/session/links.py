@@ -255,7 +255,9 @@ class ResumableLink:
     # Sending --------------------------------------------------------------------------
 
     async def open(self, expires_in: float | None) -> bool:
-        hello = Hello(self.session_id, self._new_token(), expires_in=expires_in)
+        hello = Hello(
+            self.session_id, self._new_token(), expires_in=expires_in, resume_grace=self._grace
+        )
         return await self.send_event(hello)
 
     async def send_output(self, data: bytes, stream: int) -> bool:
@@ -315,7 +317,7 @@ class ResumableLink:
             code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
             if code == 1000:
                 return msg
-            self._detach(ws, f"browser connection lost ({code})")
+            self._detach(ws, _browser_gone(code))
 
     def left(self, msg: WSMessage) -> Stop:
         return left(msg, self._reading or self.latest)
@@ -355,7 +357,7 @@ class ResumableLink:
         self._enter(Phase.DETACHED)
         self._detached_at = asyncio.get_running_loop().time()
         log.info(
-            "session detached",
+            "browser detached",
             extra={
                 "fields": {"session": self.session_id, "detail": detail, "resumable_s": self._grace}
             },
@@ -404,6 +406,7 @@ class ResumableLink:
                 resumed=True,
                 reset=missed.reset,
                 expires_in=expires_in,
+                resume_grace=self._grace,
             )
             frames = list(self.codec.encode(hello))
             data = missed.data
@@ -438,12 +441,12 @@ class ResumableLink:
             self._lingering.set_result(None)
         self._marker("resumed" + (" (the browser lost some output)" if missed.reset else ""))
         log.info(
-            "session resumed on a new socket",
+            "browser attached",
             extra={
                 "fields": {
                     "session": self.session_id,
                     "offset": missed.offset,
-                    "replayed": len(data),
+                    "replayed_bytes": len(data),
                     "reset": missed.reset,
                 }
             },
@@ -513,6 +516,17 @@ class ResumableLink:
         if self._lingering is not None and not self._lingering.done():
             self._lingering.cancel()
         self._replay.clear()
+
+
+def _browser_gone(code: int | None) -> str:
+    """How a browser socket that ended without 1000 went, for the log and the recording:
+    a page that closed or navigated away says 1001 in a clean close frame; only a socket
+    that ended without one (1006) lost its connection."""
+    if code == 1001:
+        return "page closed or left (1001)"
+    if code is None or code == 1006:
+        return "browser connection lost (1006)"
+    return f"browser closed ({code})"
 
 
 class LinkSet:

@@ -129,7 +129,7 @@ def start_recording(
         )
         recorder = Recorder.start(settings, session_id, dict(meta))
     except OSError as exc:
-        _apply_policy(required, _describe(exc), {"session": session_id}, audit, stop)
+        _apply_policy(required, _describe(exc), {"session": session_id}, audit, stop, started=False)
         return None
     return RecordingTap(recorder, session_id=session_id, audit=audit, stop=stop)
 
@@ -144,9 +144,12 @@ def _apply_policy(
     fields: dict[str, object],
     audit: Audit,
     stop: Callable[[Stop], None],
+    *,
+    started: bool = True,
 ) -> None:
     """``required``: the session ends (4011); ``best_effort``: recording stops, audited."""
-    log.warning("recording failed", extra={"fields": fields | {"error": error}})
+    message = "recording failed" if started else "recording could not start"
+    log.warning(message, extra={"fields": fields | {"error": error}})
     if required:
         stop(Stop(StopReason.RECORDING_FAILED, error))
     else:

@@ -355,8 +355,10 @@ class Session:
         answer, added = await self._extensions.answer(self.deadline, self._stopped.done)
         if answer.granted:
             self.marker(f"session extended by {round(added, 3):g}s")
-        fields = {"session": self.id, "granted": answer.granted, "reason": answer.reason or "-"}
-        log.info("extension answered", extra={"fields": fields})
+        fields: dict[str, object] = {"session": self.id, "granted": answer.granted}
+        if answer.reason:
+            fields["reason"] = answer.reason
+        log.info("extension", extra={"fields": fields})
         await self.links.send_event(answer)
 
     def summary(self) -> SessionEnd:
@@ -491,7 +493,11 @@ def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) 
         if task.done():
             exc = task.exception()
             if exc is not None:
-                log.error("session task %s crashed", task.get_name(), exc_info=exc)
+                log.error(
+                    "session task crashed",
+                    exc_info=exc,
+                    extra={"fields": {"task": task.get_name()}},
+                )
                 return Stop(StopReason.INTERNAL, type(exc).__name__)
             return task.result()
     return stopped.result()

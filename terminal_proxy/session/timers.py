@@ -163,7 +163,9 @@ class Repoller:
         self._task = None
         exc = task.exception()
         if exc is not None:
-            log.error("session task %s crashed", task.get_name(), exc_info=exc)
+            log.error(
+                "session task crashed", exc_info=exc, extra={"fields": {"task": task.get_name()}}
+            )
             self._expire(Stop(StopReason.INTERNAL, type(exc).__name__))
         elif (stop := task.result()) is not None:
             self._expire(stop)
@@ -178,7 +180,7 @@ class Repoller:
             return self._failed(exc.detail, exc.public)
         if isinstance(answer, PassBack):
             if answer.status >= 500:
-                return self._failed(f"answered {answer.status}", f"status {answer.status}")
+                return self._failed(f"status {answer.status}", f"status {answer.status}")
             return Stop(StopReason.REVOKED, f"authorization answered {answer.status}")
         if answer != self._grant:
             return Stop(StopReason.CHANGED, "re-authorization returned other details")
@@ -193,7 +195,7 @@ class Repoller:
                 "fields": {
                     "session": self._session_id,
                     "failures": f"{self.failures}/{self._failure_grace}",
-                    "detail": detail,
+                    "error": detail,
                 }
             },
         )

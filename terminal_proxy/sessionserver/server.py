@@ -188,7 +188,7 @@ class SessionServer:
         self._closing = False
         self.ca_pem = identity.cert_pem
         self.host_port = f"{host}:{port}"
-        log.info("session server listening on %s", self.url)
+        log.debug("session server listening on %s", self.url)
 
     async def aclose(self) -> None:
         """End every session (close 1001, process groups ended and reaped) and stop."""
@@ -208,7 +208,7 @@ class SessionServer:
             await session.state.ended.wait()
         await runner.cleanup()
         self._runner = None
-        log.info("session server stopped")
+        log.debug("session server stopped")
 
     # --- sessions -----------------------------------------------------------------------
 

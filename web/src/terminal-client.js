@@ -14,7 +14,11 @@
  *     exit {code, reason}, expiry {expires_in, extendable}, extension {granted, …}, ack {input}.
  *     When the socket drops without a close frame (1006) the module resumes the same session
  *     on a new socket (`?resume=<session id>`): the gateway replays exactly the output the
- *     page missed and the page re-sends the input the gateway did not get.
+ *     page missed and the page re-sends the input the gateway did not get. Attempts wait a
+ *     jittered, capped exponential back-off (close-codes.js). With `options.storage`
+ *     (the demo passes sessionStorage) the session id and the current single-use token
+ *     are kept there, so a reloaded page (or a tab reopened within the resume grace)
+ *     resumes the same shell from output offset 0: the gateway replays what it kept.
  *   v5.channel.k8s.io / v4.channel.k8s.io: every frame is [stream byte] + payload.
  *     page → gateway   0 stdin    UTF-8 bytes of what was typed or pasted
  *                      4 resize   {"Width":cols,"Height":rows}, after open and on every resize
@@ -31,11 +35,24 @@
  * Every session ends with a close code and reason from the gateway (docs/close-codes.md):
  * 1000 "exit code N" (the only exit status a terminal.gitlab.com session gets), 4001
  * "authorization revoked", 4004 "session time limit reached", 1001 "server shutting down",
- * 1014 "upstream failed: …". The module writes a dim summary line into the terminal and tells
- * onExit / onClose / onStatus listeners.
+ * 1014 "upstream failed: …". The module words it for people (CLOSE_TEXT in close-codes.js),
+ * writes a dim summary line into the terminal and tells onExit / onClose / onStatus
+ * listeners. A page that is left (reload, navigation, closed tab) lets the browser close
+ * its socket with 1001, which the gateway treats as a detach: the session stays resumable
+ * for its resume grace. handle.close() ends the session (1000).
  */
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
+import {
+  TRY_LATER,
+  backoffDelay,
+  describeClose,
+  exitCodeFromReason,
+  formatSeconds,
+  retryAfterMs,
+} from "./close-codes.js";
+
+export { CLOSE_TEXT, describeClose, exitCodeFromReason } from "./close-codes.js";
 
 export const TERMINAL_PROXY = "v1.terminal-proxy";
 export const DEFAULT_PROTOCOLS = Object.freeze([
@@ -51,8 +68,11 @@ const DIM = "\x1b[2m", RED = "\x1b[31m", PLAIN = "\x1b[0m";
 const encoder = new TextEncoder();
 // Acknowledge received output every this many bytes (lets the gateway free its replay buffer).
 const ACK_EVERY = 64 * 1024;
-// Resume attempts: wait 0.25 s, 0.5 s, 1 s … up to 8 s between them, for up to 5 minutes.
+// Resume attempts go on for up to 5 minutes (or the session's resume grace when shorter).
 const RESUME_FOR_MS = 5 * 60 * 1000;
+// With storage, acknowledge only output older than this: a reloaded page resumes from
+// offset 0 and gets an exact replay while the gateway still holds everything since then.
+const KEEP_FOR_RELOAD = 256 * 1024;
 
 /** The ws:/wss: URL of a same-origin path (wss: when the page is https:). */
 export function websocketURL(path, location = window.location) {
@@ -78,27 +98,15 @@ export function parseStatus(text) {
   return { code: null, message: status?.message || "the command failed" };
 }
 
-/** The exit code in a close reason "exit code N", else null. */
-export function exitCodeFromReason(reason) {
-  const match = /^exit code (\d+)$/.exec(reason ?? "");
-  return match ? Number(match[1]) : null;
-}
-
-/** One line for a status bar / the terminal about how a session ended. */
-export function describeClose({ code, reason, exitCode, opened }) {
-  if (exitCode !== null && exitCode !== undefined) return `session ended: exit code ${exitCode}`;
-  if (code === 1006) return opened ? "connection lost" : "could not connect (the gateway refused or is unreachable)";
-  if (code === 1000) return reason || "session ended";
-  return `${reason || "connection closed"} (${code})`;
-}
-
 /**
  * Open an xterm.js terminal in `container` and connect it. Options:
  *   url        full ws:// or wss:// URL; or
  *   path       same-origin path, turned into a URL with websocketURL() (default "terminal.ws")
  *   protocols  subprotocols to offer, a subset of DEFAULT_PROTOCOLS in order of preference
  *   fontSize   px (default 14); terminalOptions: more xterm ITerminalOptions
- *   onOpen({protocol}), onExit({code, reason}), onClose({code, reason, exitCode, opened})
+ *   onOpen({protocol}), onExit({code, reason}), onClose({code, reason, exitCode, opened, byPage})
+ *   storage    a Storage (sessionStorage) to keep the resume token in across reloads
+ *   onRetry({attempt, code, opened, delay}): a resume attempt failed, the next one waits delay ms
  * Returns the handle documented in docs/browser-client.md.
  */
 export function connectTerminal(container, options = {}) {
@@ -125,10 +133,16 @@ export function connectTerminal(container, options = {}) {
   const statusListeners = new Set();
   let session = null; // { ws, kubernetes, tp, decoders, opened, exitReported, resume }
   // v1.terminal-proxy resume state, shared by the sockets of one session:
-  // { id, token, received, acked, sent, input: [{offset, bytes}], since, timer }
+  // { id, token, received, acked, sent, input: [{offset, bytes}], since, timer, attempt,
+  //   grace (the gateway's resume grace, s), restored (taken from storage after a reload) }
   let resumable = null;
   let sessionId = null; // the current (or just ended) session's id, from its hello
   let status = { state: "connecting", text: "connecting…" };
+  // The time limit's countdown after an expiry warning: { deadline (ms), warning, timer }.
+  let countdown = null;
+  let leaving = false; // the page is being left (pagehide): the browser closes the socket
+  const storage = options.storage ?? null;
+  const storageKey = `terminal-proxy.resume ${url}`;
 
   const handle = {
     term,
@@ -143,8 +157,12 @@ export function connectTerminal(container, options = {}) {
       fn(status);
       return () => statusListeners.delete(fn);
     },
+    /** End the session (the gateway ends it too: 1000, not resumable). */
     close() {
-      if (session && session.ws.readyState <= WebSocket.OPEN) session.ws.close(1000, "closed by the page");
+      if (!session) return;
+      session.byPage = true;
+      forget();
+      if (session.ws.readyState <= WebSocket.OPEN) session.ws.close(1000, "closed by the page");
     },
     /** v1.terminal-proxy: ask for more time (answer through onExtension). */
     extend() {
@@ -156,10 +174,32 @@ export function connectTerminal(container, options = {}) {
       term.reset();
       connect();
     },
+    /** Give the session up for good (e.g. the sign-in is gone): no more resume attempts;
+     *  `text` goes into the terminal and the status line. */
+    abandon(text) {
+      const old = session;
+      if (resumable) clearTimeout(resumable.timer);
+      resumable = null;
+      forget();
+      stopCountdown();
+      if (old && old.ws.readyState <= WebSocket.OPEN) {
+        session = null;
+        old.ws.close(1000, "closed by the page");
+      }
+      handle.notice(text);
+      setStatus({ state: "closed", text });
+    },
+    /** Write one dim line into the terminal, on a line of its own. */
+    notice(text) {
+      const newline = term.buffer.active.cursorX > 0 ? "\r\n" : "";
+      term.write(`${newline}${DIM}[${text}]${PLAIN}\r\n`);
+    },
     dispose() {
       detach();
       clearTimeout(fitTimer);
       window.removeEventListener("resize", scheduleFit);
+      window.removeEventListener("pagehide", onPageHide);
+      window.removeEventListener("pageshow", onPageShow);
       resizeObserver?.disconnect();
       statusListeners.clear();
       term.dispose();
@@ -169,6 +209,38 @@ export function connectTerminal(container, options = {}) {
   function setStatus(next) {
     status = next;
     for (const fn of statusListeners) fn(status);
+  }
+
+  // The resume token across reloads: {id, token, sent}, rewritten on every hello (the
+  // token is single-use and rotated) and as input is sent; removed when the session ends.
+  function remember() {
+    if (!storage || !resumable) return;
+    try {
+      storage.setItem(storageKey, JSON.stringify({ id: resumable.id, token: resumable.token, sent: resumable.sent }));
+    } catch {
+      // storage full or disabled: a reload then opens a new session
+    }
+  }
+
+  function forget() {
+    try {
+      storage?.removeItem(storageKey);
+    } catch {
+      // nothing kept
+    }
+  }
+
+  function restore() {
+    try {
+      const kept = JSON.parse(storage?.getItem(storageKey) ?? "null");
+      if (typeof kept?.id === "string" && typeof kept.token === "string" && Number.isSafeInteger(kept.sent)) {
+        return kept;
+      }
+    } catch {
+      // unreadable: start afresh
+    }
+    forget();
+    return null;
   }
 
   function sendControl(message) {
@@ -188,6 +260,7 @@ export function connectTerminal(container, options = {}) {
       // Kept until the gateway says the upstream has it: re-sent after a resume.
       resumable.input.push({ offset: resumable.sent, bytes });
       resumable.sent += bytes.length;
+      remember();
       if (session.ws.readyState === WebSocket.OPEN && !session.resume) session.ws.send(bytes);
       return;
     }
@@ -219,6 +292,36 @@ export function connectTerminal(container, options = {}) {
     }
   }
 
+  // The time limit: a countdown in the status line, and one line in the terminal.
+  function startCountdown(warning) {
+    stopCountdown();
+    countdown = { deadline: Date.now() + warning.expires_in * 1000, warning, timer: 0 };
+    const extend = warning.extendable ? ": Extend keeps it open" : "";
+    handle.notice(`this session ends in ${formatSeconds(warning.expires_in)} (time limit)${extend}`);
+    tickCountdown();
+  }
+
+  function tickCountdown() {
+    if (!countdown) return;
+    clearTimeout(countdown.timer);
+    if (status.state !== "open") return;
+    const left = (countdown.deadline - Date.now()) / 1000;
+    setStatus({ ...status, text: `session ends in ${formatSeconds(left)}`, expiry: countdown.warning });
+    const untilNext = (countdown.deadline - Date.now()) % 1000; // when the shown second changes
+    countdown.timer = setTimeout(tickCountdown, untilNext > 0 ? untilNext + 5 : 1000);
+  }
+
+  function stopCountdown() {
+    if (countdown) clearTimeout(countdown.timer);
+    countdown = null;
+  }
+
+  function openStatus(resumed) {
+    const text = resumed ? "connected (resumed)" : "connected";
+    setStatus({ state: "open", text, protocol: session.ws.protocol, resumed });
+    tickCountdown();
+  }
+
   function onControl(message) {
     switch (message.type) {
       case "hello": {
@@ -227,12 +330,13 @@ export function connectTerminal(container, options = {}) {
           resumable = { id: message.session, token: message.token, received: 0, acked: 0, sent: 0, input: [] };
         }
         resumable.token = message.token;
+        resumable.grace = message.resume_grace ?? null;
         sessionId = message.session;
         if (message.reset) {
           // Output was lost while away: start clean where the gateway's kept bytes begin.
           term.reset();
           session.decoders[STDOUT] = new TextDecoder();
-          term.write(`${DIM}[reconnected: some output was lost]${PLAIN}\r\n`);
+          handle.notice(resumable.restored ? "resumed: earlier output is no longer kept" : "reconnected: some output was lost");
         }
         resumable.received = message.offset;
         resumable.acked = message.offset;
@@ -240,22 +344,31 @@ export function connectTerminal(container, options = {}) {
           resumable.attempt = 0;
           resumable.since = 0;
           trimInput(message.input);
+          // Input the page no longer holds (a reload) is gone: count on from the gateway's.
+          if (resumable.input.length === 0) resumable.sent = message.input;
           session.resume = false;
           for (const { bytes } of resumable.input) session.ws.send(bytes);
           sendSize();
-          setStatus({ state: "open", text: `connected (${session.ws.protocol})`, protocol: session.ws.protocol, resumed: true });
+          if (resumable.restored) {
+            resumable.restored = false;
+            term.focus();
+            options.onOpen?.({ protocol: session.ws.protocol });
+          }
+          openStatus(true);
           options.onResume?.({ session: message.session, reset: message.reset });
         }
+        remember();
         break;
       }
       case "exit":
-        reportExit(message.code, message.reason || `exit code ${message.code}`);
+        reportExit(message.code, message.code === null ? message.reason || "the command failed" : `exit code ${message.code}`);
         break;
       case "expiry":
-        setStatus({ ...status, text: `session ends in ${Math.round(message.expires_in)} s`, expiry: message });
+        startCountdown(message);
         options.onExpiry?.(message);
         break;
       case "extension":
+        if (message.granted) stopCountdown();
         options.onExtension?.(message);
         break;
       case "ack":
@@ -289,9 +402,10 @@ export function connectTerminal(container, options = {}) {
       term.write(session.decoders[STDOUT].decode(bytes, { stream: true }));
       if (resumable) {
         resumable.received += bytes.length;
-        if (resumable.received - resumable.acked >= ACK_EVERY) {
-          resumable.acked = resumable.received;
-          sendControl({ type: "ack", received: resumable.received });
+        const keep = storage ? KEEP_FOR_RELOAD : 0;
+        if (resumable.received - keep - resumable.acked >= ACK_EVERY) {
+          resumable.acked = resumable.received - keep;
+          sendControl({ type: "ack", received: resumable.acked });
         }
       }
       return;
@@ -309,7 +423,7 @@ export function connectTerminal(container, options = {}) {
     } else if (stream === STATUS) {
       const { code, message } = parseStatus(new TextDecoder().decode(payload));
       if (code !== null) {
-        reportExit(code, message || `exit code ${code}`);
+        reportExit(code, `exit code ${code}`);
       } else {
         term.write(`\r\n${RED}${message}${PLAIN}\r\n`);
         setStatus({ state: "open", text: `error: ${message}` });
@@ -318,39 +432,61 @@ export function connectTerminal(container, options = {}) {
   }
 
   function onClose(ws, event) {
-    if (session.tp && resumable && event.code === 1006 && !session.exitReported) {
-      // The connection dropped (no close frame): the session waits for us on the gateway.
-      resumeLater();
+    const within = () => Date.now() - resumable.since < Math.min(RESUME_FOR_MS, (resumable.grace ?? Infinity) * 1000);
+    if (leaving && resumable && !session.byPage) {
+      // The browser closed the socket because the page is being left (1001): the gateway
+      // keeps the session for its resume grace, and the stored token brings it back.
+      remember();
+      const grace = resumable.grace ? ` for ${formatSeconds(resumable.grace)}` : "";
+      setStatus({ state: "connecting", text: `disconnected: this terminal can be resumed${grace}`, detached: true });
       return;
     }
-    if (resumable && session.resume && event.code === 1006 && Date.now() - resumable.since < RESUME_FOR_MS) {
-      resumeLater();
+    if (session.tp && resumable && !session.resume && event.code === 1006 && !session.exitReported) {
+      // The connection dropped (no close frame): the session waits for us on the gateway.
+      resumeLater(event);
+      return;
+    }
+    if (resumable && session.resume && (event.code === 1006 || TRY_LATER.has(event.code)) && within()) {
+      resumeLater(event);
+      return;
+    }
+    if (resumable?.restored && session.resume && event.code >= 4006 && event.code <= 4010) {
+      // The session kept from before a reload is gone: say so and open a new one.
+      const text = describeClose({ code: event.code, reason: event.reason, opened: true });
+      forget();
+      handle.notice(`the previous session could not be resumed (${text}); opening a new one`);
+      resumable = null;
+      connect();
       return;
     }
     resumable = null;
+    forget();
+    stopCountdown();
     for (const stream of [STDOUT, STDERR]) term.write(session.decoders[stream].decode());
     const exitCode = handle.lastExit?.code ?? exitCodeFromReason(event.reason);
-    if (exitCode !== null) reportExit(exitCode, event.reason || `exit code ${exitCode}`);
-    const closed = { code: event.code, reason: event.reason, exitCode, opened: session.opened };
+    if (exitCode !== null) reportExit(exitCode, `exit code ${exitCode}`);
+    const closed = { code: event.code, reason: event.reason, exitCode, opened: session.opened, byPage: !!session.byPage };
     const text = describeClose(closed);
     handle.lastClose = closed;
     // After the session's last output: a dim line (on a line of its own), then hide the cursor.
     const ended = session;
     term.write("", () => {
       if (session !== ended) return; // reconnect() has reset the terminal meanwhile
-      const newline = term.buffer.active.cursorX > 0 ? "\r\n" : "";
-      term.write(`${newline}${DIM}[${text}]${PLAIN}\r\n\x1b[?25l`);
+      handle.notice(text);
+      term.write("\x1b[?25l");
     });
     setStatus({ state: "closed", text, ...closed });
     options.onClose?.(closed);
   }
 
-  function resumeLater() {
+  function resumeLater(event) {
     if (!resumable.since) resumable.since = Date.now();
     const attempt = (resumable.attempt = (resumable.attempt ?? 0) + 1);
-    const delay = Math.min(8000, 250 * 2 ** (attempt - 1));
-    setStatus({ state: "connecting", text: "connection lost; reconnecting…" });
+    const delay = Math.max(backoffDelay(attempt), retryAfterMs(event?.reason) ?? 0);
+    setStatus({ state: "connecting", text: "connection lost; reconnecting…", retryIn: delay });
+    options.onRetry?.({ attempt, code: event?.code, opened: !!session?.opened, delay });
     const waiting = resumable;
+    clearTimeout(resumable.timer);
     resumable.timer = setTimeout(() => { if (resumable === waiting) connect(waiting); }, delay);
   }
 
@@ -359,12 +495,13 @@ export function connectTerminal(container, options = {}) {
     const ws = new WebSocket(target, resume ? [TERMINAL_PROXY] : protocols);
     ws.binaryType = "arraybuffer";
     const decoders = resume && session ? session.decoders : { [STDOUT]: new TextDecoder(), [STDERR]: new TextDecoder() };
-    session = { ws, kubernetes: false, tp: false, decoders, opened: false, exitReported: false, resume: !!resume };
+    session = { ws, kubernetes: false, tp: false, decoders, opened: false, exitReported: false, resume: !!resume, byPage: false };
     if (!resume) {
       resumable = null;
       sessionId = null;
       handle.lastExit = null;
       handle.lastClose = null;
+      stopCountdown();
     }
     // Events of a socket that reconnect() has replaced are ignored.
     const mine = (fn) => (event) => { if (session?.ws === ws) fn(ws, event); };
@@ -379,12 +516,12 @@ export function connectTerminal(container, options = {}) {
       }
       sendSize();
       term.focus();
-      setStatus({ state: "open", text: `connected (${ws.protocol || "no subprotocol"})`, protocol: ws.protocol });
+      openStatus(false);
       options.onOpen?.({ protocol: ws.protocol });
     });
     ws.onmessage = mine(onMessage);
     ws.onclose = mine(onClose);
-    setStatus({ state: "connecting", text: "connecting…" });
+    if (!resume || !status.text.startsWith("connection lost")) setStatus({ state: "connecting", text: "connecting…" });
   }
 
   function detach() {
@@ -392,8 +529,25 @@ export function connectTerminal(container, options = {}) {
     session = null;
     if (resumable) clearTimeout(resumable.timer);
     resumable = null;
+    forget();
+    stopCountdown();
     if (old && old.ws.readyState <= WebSocket.OPEN) old.ws.close(1000, "reconnecting");
   }
+
+  // Leaving the page (reload, navigation, closing the tab): keep the token for the next
+  // load; the browser's own 1001 close detaches the session on the gateway. A page that
+  // comes back from the back/forward cache resumes where it was.
+  function onPageHide() {
+    leaving = true;
+    remember();
+  }
+  function onPageShow(event) {
+    if (!event.persisted) return;
+    leaving = false;
+    if (resumable && session && session.ws.readyState > WebSocket.OPEN) connect(resumable);
+  }
+  window.addEventListener("pagehide", onPageHide);
+  window.addEventListener("pageshow", onPageShow);
 
   // Input: typed and pasted text, and xterm's non-UTF-8 mouse reports.
   term.onData((text) => send(STDIN, encoder.encode(text)));
@@ -424,7 +578,15 @@ export function connectTerminal(container, options = {}) {
   resizeObserver?.observe(container);
   document.fonts?.ready.then(scheduleFit);
 
-  connect();
+  const kept = restore();
+  if (kept) {
+    // A reload (or a reopened tab): resume the kept session from the start of its output.
+    resumable = { id: kept.id, token: kept.token, received: 0, acked: 0, sent: kept.sent, input: [], since: Date.now(), attempt: 0, restored: true };
+    sessionId = kept.id;
+    connect(resumable);
+  } else {
+    connect();
+  }
   return handle;
 }
 

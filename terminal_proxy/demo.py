@@ -187,16 +187,17 @@ async def run_demo(
             await site.start()
             host, port = runner.addresses[0][:2]
             base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+            # Signals are handled before the banner: whoever reads it may stop us at once.
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
             token = authorizer.issue_one_time_token(policy.users[0].name)
             print(banner(base, token, spool, recordings is not None), flush=True)
             if listen.host not in ("127.0.0.1", "::1", "localhost"):
                 log.warning("the demo listens on %s: other hosts can reach it", listen.host)
             if ready is not None:
                 ready.set()
-            stop = stop or asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
             await stop.wait()
         finally:
             await runner.cleanup()

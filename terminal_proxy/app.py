@@ -9,6 +9,8 @@ body names the cause and carries the request id that the log line also carries.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
 import logging
 import math
@@ -31,6 +33,7 @@ from .authorization.native import NativeAuthorizer
 from .config import Config
 from .errors import (
     AuthorizationError,
+    BadRequestTarget,
     GatewayError,
     MethodNotAllowed,
     NoCommonSubprotocol,
@@ -39,8 +42,10 @@ from .errors import (
     UpgradeNotAllowed,
     UpstreamError,
 )
+from .listener import ConnectionGate, GuardedRunner, PeerLog
 from .metrics import CONTENT_TYPE, Metrics, ObservedAuthorizer, dial_failure_reason
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
+from .ratelimit import RateLimiter, client_key
 from .recording import Recorder, RecordingSettings
 from .replay import ReplayBudget
 from .resume import remember_end, resume_session
@@ -93,6 +98,11 @@ class Gateway:
     replay_budget: ReplayBudget = field(default_factory=ReplayBudget)
     # Tasks running resumable sessions (they outlive their first handler).
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Handshake rate limits (limits.*_handshake_rate), by client address and by user.
+    client_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    user_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    # Descriptors the metrics listener may use (listener.fd_budget); 0: no budget.
+    metrics_fd_budget: int = 0
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -129,6 +139,9 @@ def build_app(
     gateway = Gateway(config, authorizer=authorizer, reuse_port=reuse_port)
     app[GATEWAY] = gateway
     gateway.replay_budget.cap = config.session.resume_memory_cap
+    limits = config.limits
+    gateway.client_rate = RateLimiter(limits.client_handshake_rate, limits.client_handshake_burst)
+    gateway.user_rate = RateLimiter(limits.user_handshake_rate, limits.user_handshake_burst)
     gateway.metrics.sessions_detached.set_function(
         lambda: sum(1 for session in gateway.resumable.values() if session.detached)
     )
@@ -194,7 +207,23 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get("/metrics", _metrics)
     metrics_app.router.add_get("/-/health", _health)
     metrics_app.router.add_get("/-/readiness", _readiness)
-    runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
+    limits = gateway.config.limits
+    # Its own connections are timed and capped too, within the descriptors kept free of
+    # the main listener, so probes are answered while the main listener is full.
+    gate = ConnectionGate(
+        "metrics",
+        head_timeout=limits.request_head_timeout,
+        fd_budget=gateway.metrics_fd_budget,
+        on_refused=lambda reason: gateway.metrics.connections_refused.labels(reason).inc(),
+        peer_log=PeerLog(log),
+    )
+    runner = GuardedRunner(
+        metrics_app,
+        gate,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=limits.keepalive_timeout,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(
@@ -266,6 +295,13 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     request_id = new_request_id(gateway.config.session.replica_id)
     route = _match_route(gateway, request.path)
     try:
+        if not request.raw_path.startswith("/"):
+            # Absolute-form (GET http://host/path) is for proxies; authority-form and
+            # asterisk-form are for CONNECT and OPTIONS. None names a terminal here.
+            raise BadRequestTarget(
+                "request target must be a path (origin-form, as in 'GET /path'); "
+                "this is not a forward proxy"
+            )
         if route is None:
             if _wants_upgrade(request):
                 raise UpgradeNotAllowed("websocket upgrade not allowed")
@@ -311,10 +347,21 @@ def _error_response(
     headers = {"Connection": "close", "X-Request-Id": request_id}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return web.Response(status=status, text=body, headers=headers)
+    response = web.Response(status=status, text=body, headers=headers)
+    # The header alone does not close: aiohttp would keep the connection alive.
+    response.force_close()
+    return response
 
 
-def _limited(gateway: Gateway, limit: str, status: int, text: str, request_id: str) -> web.Response:
+def _limited(
+    gateway: Gateway,
+    limit: str,
+    status: int,
+    text: str,
+    request_id: str,
+    *,
+    retry_after: float | None = None,
+) -> web.Response:
     """A refusal by one of the limits: 503/429 with Retry-After, before any upgrade."""
     gateway.metrics.limited.labels(limit).inc()
     log.info(
@@ -322,7 +369,9 @@ def _limited(gateway: Gateway, limit: str, status: int, text: str, request_id: s
         text,
         extra={"fields": {"request_id": request_id, "status": status, "limit": limit}},
     )
-    return _error_response(status, text, request_id, retry_after=gateway.config.limits.retry_after)
+    if retry_after is None:
+        retry_after = gateway.config.limits.retry_after
+    return _error_response(status, text, request_id, retry_after=retry_after)
 
 
 async def _terminal(
@@ -341,11 +390,21 @@ async def _terminal(
     _check_origin(request, config.browser.allowed_origins)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
+    browser_request = _snapshot(request, config.browser.trusted_proxies)
+    wait = gateway.client_rate.take(client_key(browser_request.client_ip))
+    if wait:
+        return _limited(
+            gateway,
+            "client_rate",
+            429,
+            "too many terminals opened from your address; try again shortly",
+            request_id,
+            retry_after=wait,
+        )
     if chosen == TERMINAL_PROXY and "resume" in request.query:
         # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
         _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
         socket = _browser_socket(config, chosen)
-        browser_request = _snapshot(request, config.browser.trusted_proxies)
         return await resume_session(request, gateway, route, request_id, browser_request, socket)
     limits = config.limits
     if limits.max_pending_handshakes and gateway.pending >= limits.max_pending_handshakes:
@@ -365,7 +424,6 @@ async def _terminal(
             request_id,
         )
 
-    browser_request = _snapshot(request, config.browser.trusted_proxies)
     started = time.monotonic()
     gateway.pending += 1
     gateway.metrics.handshakes_pending.inc()
@@ -471,6 +529,16 @@ async def _handshake(
     metrics.authorizations.labels("granted").inc()
 
     user_key = _user_key(answer, browser_request)
+    wait = gateway.user_rate.take(user_key)
+    if wait:
+        return _limited(
+            gateway,
+            "user_rate",
+            429,
+            "you are opening terminals too fast; try again shortly",
+            request_id,
+            retry_after=wait,
+        )
     per_user = config.limits.max_sessions_per_user
     if per_user and gateway.per_user[user_key] >= per_user:
         await _end_oldest_detached(gateway, user_key)
@@ -689,8 +757,17 @@ def _check_upgrade_headers(request: web.Request) -> None:
         )
     if request.headers.get("Sec-WebSocket-Version", "") != "13":
         raise NotWebSocket("unsupported WebSocket version: Sec-WebSocket-Version must be 13")
-    if not request.headers.get("Sec-WebSocket-Key"):
+    key = request.headers.get("Sec-WebSocket-Key")
+    if not key:
         raise NotWebSocket("Sec-WebSocket-Key header is missing")
+    # Checked here, as the upgrade would check it, so a bad key is refused before any
+    # authorization request or upstream dial (RFC 6455 4.2.1: 16 bytes, base64).
+    try:
+        valid = len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise NotWebSocket("invalid Sec-WebSocket-Key: it must be 16 bytes in base64")
 
 
 def _offered(request: web.Request) -> list[str]:

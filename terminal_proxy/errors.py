@@ -12,7 +12,8 @@ shares the request id.
     │   ├── UpgradeNotAllowed         400: WebSocket upgrade on a non-terminal path
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
     │   ├── OriginRejected            403: cross-origin page
-    │   └── MethodNotAllowed          405
+    │   ├── MethodNotAllowed          405
+    │   └── BadRequestTarget          400: absolute-form or other non-path target
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
     │   ├── AuthorizationTimeout      504
@@ -29,6 +30,7 @@ __all__ = [
     "AuthorizationError",
     "AuthorizationTimeout",
     "AuthorizationUnavailable",
+    "BadRequestTarget",
     "GatewayError",
     "InvalidAuthorization",
     "MethodNotAllowed",
@@ -80,6 +82,10 @@ class OriginRejected(RequestRejected):
 
 class MethodNotAllowed(RequestRejected):
     status = 405
+
+
+class BadRequestTarget(RequestRejected):
+    status = 400
 
 
 class AuthorizationError(GatewayError):

@@ -64,6 +64,16 @@ def forwardable_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[str,
     return [(n, v) for n, v in headers if n.lower() not in _DROP and n.lower() not in named]
 
 
+def _wire(value: str) -> bytes:
+    """A browser header value as the bytes the browser sent.
+
+    aiohttp decodes header bytes as UTF-8 with ``surrogateescape``; httpx would encode a
+    str as ASCII and fail on any other byte (a UTF-8 cookie set by another app on the
+    domain). Forwarding the original bytes keeps such requests working, unchanged.
+    """
+    return value.encode("utf-8", "surrogateescape")
+
+
 # Requests in flight to the authorization API, and how many of them may be re-polls (the
 # rest stay free for new sessions).
 MAX_CONNECTIONS = 32
@@ -141,9 +151,14 @@ class HttpAuthorizer(abc.ABC):
             return await self._ask(request)
 
     async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
-        headers = forwardable_headers(request.headers)
-        headers += self.extra_headers()
-        headers += self.signed_headers()
+        headers = [
+            (_wire(name), _wire(value))
+            for name, value in [
+                *forwardable_headers(request.headers),
+                *self.extra_headers(),
+                *self.signed_headers(),
+            ]
+        ]
         limit = self._config.max_response_body
         try:
             async with self._client.stream("GET", self.url_for(request), headers=headers) as r:

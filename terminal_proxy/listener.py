@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
@@ -203,7 +203,8 @@ class GuardedHandler(RequestHandler):
             self._state = _Conn.REFUSED
             reason, text = refusal
             self._gate.note(reason, self._peer, "connection refused: %s", text)
-            assert isinstance(transport, asyncio.Transport)
+            # (uvloop's transports are not asyncio.Transport subclasses: no isinstance.)
+            transport = cast(asyncio.Transport, transport)
             transport.write(_raw_response(HTTPStatus.SERVICE_UNAVAILABLE, text, retry_after=1))
             transport.close()
             return

@@ -19,9 +19,17 @@ LISTENING = re.compile(r"terminal-proxy \S+ listening on (https?://[0-9A-Za-z.:\
 class GatewayProcess:
     """``python -m terminal_proxy serve …`` with its stderr collected line by line."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
+        # Run in the child before exec (e.g. resource.setrlimit for a low fd limit).
+        self.preexec_fn = preexec_fn
         self.lines: list[str] = []
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -43,6 +51,7 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         self._reader = asyncio.create_task(self._read(), name="gateway-process-stderr")
         line = await self.wait_for_line(lambda s: bool(LISTENING.search(s)) or "Traceback" in s)

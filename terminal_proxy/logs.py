@@ -43,8 +43,8 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
 def _kv(value: Any) -> str:
     text = str(value)
     if text == "" or any(c in text for c in ' "=\\') or _CONTROLS.search(text):
-        # json.dumps escapes C0, C1 and every other non-ASCII character; not DEL.
-        return json.dumps(text).replace("\x7f", "\\u007f")
+        # json.dumps escapes every character outside printable ASCII.
+        return json.dumps(text)
     return text
 
 
@@ -73,8 +73,8 @@ class JsonFormatter(logging.Formatter):
         doc.update(fields_of(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        # ensure_ascii escapes C0, C1 and other non-ASCII characters; DEL is left.
-        return json.dumps(doc, default=str).replace("\x7f", "\\u007f")
+        # ensure_ascii: every character outside printable ASCII is escaped.
+        return json.dumps(doc, default=str)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.logcapture import append_external_log
 
@@ -119,3 +123,20 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def standalone_config(tmp_path: Path, **sections: Any) -> Path:
+    """A serve config for tests that never reach authorization (connection handling,
+    request parsing): a backend and upstream nobody listens on, plus ``sections``."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(base64.b64encode(b"s" * 32).decode())
+    doc: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "authorization": {"backend": "http://127.0.0.1:9", "secret_file": str(secret_file)},
+        "upstream": {"allowed_hosts": ["127.0.0.1:9"]},
+        "logging": {"level": "info", "format": "text"},
+        **sections,
+    }
+    path = tmp_path / "terminal-proxy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

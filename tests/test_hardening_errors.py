@@ -9,6 +9,7 @@ says ``Connection: close`` closes the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -45,6 +46,8 @@ async def _exchange(server: TestServer, request: bytes) -> tuple[bytes, bool]:
         return head + rest, True
     finally:
         writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @pytest.mark.parametrize(

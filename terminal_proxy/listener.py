@@ -290,11 +290,13 @@ class GuardedHandler(RequestHandler):
             )
             text = "internal error"
         else:
-            text = _parse_error(exc) if status == 400 else HTTPStatus(status).phrase.lower()
+            # Parser errors (400), or aiohttp's 504 for a handler's stray TimeoutError.
+            malformed = isinstance(exc, http_exceptions.HttpProcessingError)
+            text = _parse_error(exc) if malformed else HTTPStatus(status).phrase.lower()
             self._gate.peer_log.log(
                 logging.INFO,
                 self._peer,
-                "malformed request from %s: %s",
+                "malformed request from %s: %s" if malformed else "request from %s failed: %s",
                 self._peer,
                 text,
                 extra={"fields": {"peer": self._peer, "status": status}},

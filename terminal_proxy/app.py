@@ -23,7 +23,9 @@ from .authorization.observed import ObservedAuthorizer
 from .config import Config
 from .gateway import GATEWAY, Gateway, Services
 from .handshake import dispatch, new_request_id
+from .listener import ConnectionGate, GuardedRunner, PeerLog
 from .metrics import CONTENT_TYPE
+from .ratelimit import RateLimiter
 from .upstream import Dialer
 
 __all__ = ["GATEWAY", "Gateway", "build_app", "drain", "new_request_id"]
@@ -49,6 +51,9 @@ def build_app(
     gateway = Gateway(config, reuse_port=reuse_port, given_authorizer=authorizer)
     app[GATEWAY] = gateway
     gateway.replay_budget.cap = config.session.resume_memory_cap
+    limits = config.limits
+    gateway.client_rate = RateLimiter(limits.client_handshake_rate, limits.client_handshake_burst)
+    gateway.user_rate = RateLimiter(limits.user_handshake_rate, limits.user_handshake_burst)
     gateway.metrics.sessions_detached.set_function(gateway.registry.detached)
     if config.recording.routes and config.recording.dir is None:
         raise ValueError("recording.routes is set but recording.dir is not")
@@ -120,7 +125,23 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get("/metrics", _metrics)
     metrics_app.router.add_get("/-/health", _health)
     metrics_app.router.add_get("/-/readiness", _readiness)
-    runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
+    limits = gateway.config.limits
+    # Its own connections are timed and capped too, within the descriptors kept free of
+    # the main listener, so probes are answered while the main listener is full.
+    gate = ConnectionGate(
+        "metrics",
+        head_timeout=limits.request_head_timeout,
+        fd_budget=gateway.metrics_fd_budget,
+        on_refused=lambda reason: gateway.metrics.connections_refused.labels(reason).inc(),
+        peer_log=PeerLog(log),
+    )
+    runner = GuardedRunner(
+        metrics_app,
+        gate,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=limits.keepalive_timeout,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(

@@ -29,6 +29,7 @@ from .config import (
     load_config_file,
     validate_for_serving,
 )
+from .listener import ConnectionGate, GuardedRunner, fd_budget, raise_fd_limit
 from .logs import setup_logging
 
 __all__ = ["main"]
@@ -296,11 +297,35 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
     SIGHUP reloads the TLS certificate (``tls``) and reopens the audit file.
     """
     tls = server_ssl_context(config.tls)
+    main_fds, metrics_fds = fd_budget(raise_fd_limit())
     app = build_app(config, reuse_port=reuse_port)
-    runner = web.AppRunner(
+    gateway = app[GATEWAY]
+    gateway.metrics_fd_budget = metrics_fds
+    limits = config.limits
+    gate = ConnectionGate(
+        "main",
+        head_timeout=limits.request_head_timeout,
+        max_http=limits.max_http_connections,
+        fd_budget=main_fds,
+        # A session holds its upstream connection, and a recording file when recorded.
+        upgraded_extra_fds=2 if config.recording.routes else 1,
+        on_refused=lambda reason: gateway.metrics.connections_refused.labels(reason).inc(),
+    )
+    log.info(
+        "connections: request head timeout %gs, keep-alive timeout %gs, at most %s not "
+        "upgraded, file descriptor budget %d (main) + %d (metrics)",
+        limits.request_head_timeout,
+        limits.keepalive_timeout,
+        limits.max_http_connections or "unlimited",
+        main_fds,
+        metrics_fds,
+    )
+    runner = GuardedRunner(
         app,
+        gate,
         handle_signals=False,
         access_log=None,
+        keepalive_timeout=limits.keepalive_timeout,
         # Handlers still running after drain + close get cancelled by aiohttp.
         shutdown_timeout=config.session.shutdown_grace + config.session.close_timeout + 2,
     )

@@ -382,6 +382,22 @@ class LimitsConfig:
     handshake_timeout: float = 30.0
     # Value of Retry-After on 503/429 refusals, seconds (rounded up to whole seconds).
     retry_after: float = 5.0
+    # From connect (or a later request's first byte) to the end of the request head;
+    # past it the connection is closed (408 when part of a head came). 0: no limit.
+    request_head_timeout: float = 10.0
+    # A kept-alive connection with no request in progress is closed after this long.
+    keepalive_timeout: float = 60.0
+    # Connections not upgraded to a WebSocket (idle, sending a head, or before the
+    # upgrade); more are answered 503 and closed at connect. 0: no limit.
+    max_http_connections: int = 1024
+    # Handshakes per second per client address (IPv6: per /64), token bucket with this
+    # burst, checked before authorization; more get 429 with Retry-After. 0: no limit.
+    client_handshake_rate: float = 0.0
+    client_handshake_burst: int = 20
+    # Handshakes per second per user (the authorization's user, else the client
+    # address), checked after authorization; more get 429 with Retry-After. 0: no limit.
+    user_handshake_rate: float = 0.0
+    user_handshake_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -1375,6 +1391,8 @@ _POSITIVE: Final = _scalar(_duration(zero=False))
 _ZERO_DISABLES: Final = _scalar(_duration(zero=True))
 _SIZE: Final = _scalar(_size)
 _BOOLEAN: Final = _scalar(_boolean)
+# Events per second; 0 disables.
+_RATE: Final = _scalar(_fraction(maximum=10_000))
 
 
 def _list_of(section: _Section, *, what: str) -> _Field:
@@ -1723,6 +1741,13 @@ _CONFIG: Final = _Section(
                 "max_pending_handshakes": _scalar(_integer(minimum=0)),
                 "handshake_timeout": _ZERO_DISABLES,
                 "retry_after": _POSITIVE,
+                "request_head_timeout": _ZERO_DISABLES,
+                "keepalive_timeout": _POSITIVE,
+                "max_http_connections": _scalar(_integer(minimum=0)),
+                "client_handshake_rate": _RATE,
+                "client_handshake_burst": _scalar(_integer(minimum=1)),
+                "user_handshake_rate": _RATE,
+                "user_handshake_burst": _scalar(_integer(minimum=1)),
             },
         ),
         "tls": _Section(

@@ -14,7 +14,9 @@ shares the request id.
     │   ├── PathRejected              400: a path that would be normalized elsewhere (..)
     │   ├── OriginRejected            403: cross-origin page
     │   ├── HostRejected              421: Host not on browser.allowed_hosts (DNS rebinding)
-    │   └── MethodNotAllowed          405
+    │   ├── MethodNotAllowed          405
+    │   ├── BadRequestTarget          400: absolute-form or other non-path target
+    │   └── HeaderNotForwardable      400: a header value that is not UTF-8 (cannot be forwarded)
     ├── LimitReached                  503/429 + Retry-After: one of limits.* (``limit``)
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
@@ -37,7 +39,9 @@ __all__ = [
     "AuthorizationError",
     "AuthorizationTimeout",
     "AuthorizationUnavailable",
+    "BadRequestTarget",
     "GatewayError",
+    "HeaderNotForwardable",
     "HostRejected",
     "InvalidAuthorization",
     "LimitReached",
@@ -103,13 +107,25 @@ class MethodNotAllowed(RequestRejected):
     status = 405
 
 
-class LimitReached(GatewayError):
-    """One of ``limits.*`` refused the request; ``limit`` names it (metrics label)."""
+class BadRequestTarget(RequestRejected):
+    status = 400
 
-    def __init__(self, limit: str, status: int, public: str) -> None:
+
+class HeaderNotForwardable(RequestRejected):
+    status = 400
+
+
+class LimitReached(GatewayError):
+    """One of ``limits.*`` refused the request; ``limit`` names it (metrics label) and
+    ``retry_after`` (seconds) overrides ``limits.retry_after`` when set."""
+
+    def __init__(
+        self, limit: str, status: int, public: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(public)
         self.limit = limit
         self.status = status
+        self.retry_after = retry_after
 
 
 class AuthorizationError(GatewayError):

@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .authorization import Authorizer
 from .config import Config
 from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .registry import Registry
 from .replay import ReplayBudget
 from .upstream import Dialer
@@ -54,6 +55,11 @@ class Gateway:
     reuse_port: bool = False
     # Tasks running resumable sessions (they outlive their first handler).
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Handshake rate limits (limits.*_handshake_rate), by client address and by user.
+    client_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    user_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    # Descriptors the metrics listener may use (listener.fd_budget); 0: no budget.
+    metrics_fd_budget: int = 0
     # build_app's authorizer (the demo's, tests'), used instead of the configured one.
     given_authorizer: Authorizer | None = None
     # Set while the app runs (cleanup context); see services().

@@ -24,6 +24,7 @@ from .authorization import BrowserRequest, Grant, PassBack
 from .config import Config
 from .errors import (
     AuthorizationError,
+    BadRequestTarget,
     GatewayError,
     LimitReached,
     MethodNotAllowed,
@@ -36,10 +37,12 @@ from .gateway import GATEWAY, Gateway, Services
 from .metrics import dial_failure_reason
 from .observability import ended_fields, opened_fields
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
+from .ratelimit import client_key
 from .registry import Slot
 from .requestpath import check_request_path
 from .resume import resume_session
 from .routes import (
+    check_header_values,
     check_host,
     check_origin,
     check_upgrade_headers,
@@ -100,9 +103,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     request_id = new_request_id(gateway.config.session.replica_id)
     try:
+        if not request.raw_path.startswith("/"):
+            # Absolute-form (GET http://host/path) is for proxies; authority-form and
+            # asterisk-form are for CONNECT and OPTIONS. None names a terminal here.
+            raise BadRequestTarget(
+                "request target must be a path (origin-form, as in 'GET /path'); "
+                "this is not a forward proxy"
+            )
         # Before anything reads the path: it reaches the authorization API as sent.
         check_request_path(request.raw_path)
-    except PathRejected as exc:
+    except (BadRequestTarget, PathRejected) as exc:
         log.info("request refused: %s", exc.detail, extra={"fields": {"request_id": request_id}})
         return _error_response(exc.status, exc.public, request_id)
     found = match_route(gateway.config.routes, request.path)
@@ -124,7 +134,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         if isinstance(exc, LimitReached):
             gateway.metrics.limited.labels(exc.limit).inc()
             fields["limit"] = exc.limit
-            retry_after = gateway.config.limits.retry_after
+            retry_after = exc.retry_after or gateway.config.limits.retry_after
         else:
             fields["path"] = route or "-"
         level = logging.INFO if exc.status < 500 or retry_after is not None else logging.WARNING
@@ -139,7 +149,10 @@ def _error_response(
     headers = {"Connection": "close", "X-Request-Id": request_id}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return web.Response(status=status, text=body, headers=headers)
+    response = web.Response(status=status, text=body, headers=headers)
+    # The header alone does not close: aiohttp would keep the connection alive.
+    response.force_close()
+    return response
 
 
 async def _terminal(
@@ -176,6 +189,15 @@ async def _terminal(
         route=route,
         params=params,
     )
+    check_header_values(request.headers)
+    wait = gateway.client_rate.take(client_key(browser_request.client_ip))
+    if wait:
+        raise LimitReached(
+            "client_rate",
+            429,
+            "too many terminals opened from your address; try again shortly",
+            retry_after=wait,
+        )
     services = gateway.services()
     if chosen == TERMINAL_PROXY and "resume" in request.query:
         # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
@@ -266,8 +288,17 @@ async def _open(
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
     metrics.authorizations.labels("granted").inc()
 
+    key = user_key(answer, browser_request)
+    wait = gateway.user_rate.take(key)
+    if wait:
+        raise LimitReached(
+            "user_rate",
+            429,
+            "you are opening terminals too fast; try again shortly",
+            retry_after=wait,
+        )
     slot = await gateway.registry.admit(
-        user_key(answer, browser_request),
+        key,
         config.limits.max_sessions_per_user,
         config.session.close_timeout,
     )

@@ -4,17 +4,35 @@ Library code only uses named loggers (``terminal_proxy.*``); ``setup_logging`` i
 by the CLI alone. Session lines carry structured fields (``extra={"fields": {...}}``):
 rendered as ``key=value`` in text mode and as JSON objects in json mode. Nothing that
 reaches a log line may hold a token, cookie or JWT: callers pass only vetted fields.
+
+Logged values may come from a client (a ``?resume=`` id, a header): control characters
+(CR, LF, ESC, TAB, DEL, C1, line separators, bidi overrides) are escaped in both
+formats, so a value can neither forge a line nor drive the terminal that shows the log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
-__all__ = ["fields_of", "setup_logging"]
+__all__ = ["escape_controls", "fields_of", "setup_logging"]
+
+# C0 and C1 controls, DEL, Unicode line/paragraph separators and bidi embedding controls.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as ``\\xNN`` / ``\\uNNNN``."""
+    return _CONTROLS.sub(_escaped, text)
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
@@ -24,12 +42,17 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
 
 def _kv(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
+    if text == "" or any(c in text for c in ' "=\\') or _CONTROLS.search(text):
+        # json.dumps escapes every character outside printable ASCII.
         return json.dumps(text)
     return text
 
 
 class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = fields_of(record)
@@ -50,6 +73,7 @@ class JsonFormatter(logging.Formatter):
         doc.update(fields_of(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
+        # ensure_ascii: every character outside printable ASCII is escaped.
         return json.dumps(doc, default=str)
 
 

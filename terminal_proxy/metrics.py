@@ -47,7 +47,9 @@ _DURATION_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 24 * 3
 AUTHORIZATION_OUTCOMES = ("granted", "refused", "unavailable", "timeout", "invalid")
 DIAL_FAILURES = ("not_allowed", "refused", "tls", "rejected", "timeout", "failed")
 REPOLL_OUTCOMES = ("unchanged", "changed", "revoked", "failed")
-LIMITS = ("sessions", "per_user", "pending", "handshake_timeout")
+LIMITS = ("sessions", "per_user", "pending", "handshake_timeout", "client_rate", "user_rate")
+# Connections closed by a listener before any request was handled (terminal_proxy/listener.py).
+CONNECTION_REFUSALS = ("max_http_connections", "fd_budget", "head_timeout")
 
 
 class Metrics:
@@ -92,6 +94,12 @@ class Metrics:
             "terminal_proxy_limited",
             "Handshakes refused by a limit (limits.* in the configuration).",
             ["limit"],
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "terminal_proxy_connections_refused",
+            "Connections refused at connect (a cap) or closed for a slow request head.",
+            ["reason"],
             registry=registry,
         )
         self.authorization_seconds = Histogram(
@@ -155,6 +163,8 @@ class Metrics:
             self.reauthorizations.labels(outcome)
         for limit in LIMITS:
             self.limited.labels(limit)
+        for refusal in CONNECTION_REFUSALS:
+            self.connections_refused.labels(refusal)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

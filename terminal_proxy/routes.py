@@ -7,7 +7,10 @@ tests/test_routes.py: the route is matched once here and carried in the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from collections.abc import Sequence
 
 from multidict import MultiMapping
@@ -15,11 +18,12 @@ from yarl import URL
 
 from .authorization import BrowserRequest
 from .config import HostPattern, RouteConfig
-from .errors import HostRejected, NotWebSocket, OriginRejected
+from .errors import HeaderNotForwardable, HostRejected, NotWebSocket, OriginRejected
 
 __all__ = [
     "IPNetwork",
     "authority_of",
+    "check_header_values",
     "check_host",
     "check_origin",
     "check_upgrade_headers",
@@ -32,6 +36,8 @@ __all__ = [
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What aiohttp makes of a byte that is not UTF-8 (surrogateescape).
+_SURROGATE = re.compile("[\udc80-\udcff]")
 Headers = MultiMapping[str]
 
 
@@ -72,8 +78,29 @@ def check_upgrade_headers(headers: Headers) -> None:
         )
     if headers.get("Sec-WebSocket-Version", "") != "13":
         raise NotWebSocket("unsupported WebSocket version: Sec-WebSocket-Version must be 13")
-    if not headers.get("Sec-WebSocket-Key"):
+    key = headers.get("Sec-WebSocket-Key")
+    if not key:
         raise NotWebSocket("Sec-WebSocket-Key header is missing")
+    # Checked here, as the upgrade would check it, so a bad key is refused before any
+    # authorization request or upstream dial (RFC 6455 4.2.1: 16 bytes, base64).
+    try:
+        valid = len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise NotWebSocket("invalid Sec-WebSocket-Key: it must be 16 bytes in base64")
+
+
+def check_header_values(headers: Headers) -> None:
+    """Every header value must be UTF-8 (or ASCII) to be forwarded to the authorization
+    API as the browser sent it. aiohttp reads other bytes as lone surrogates, and its
+    client can only write UTF-8, so such a value would reach the API changed: refused."""
+    for name, value in headers.items():
+        if _SURROGATE.search(value) or _SURROGATE.search(name):
+            raise HeaderNotForwardable(
+                f"the {name.encode('ascii', 'replace').decode()!r} header holds bytes that "
+                "are not UTF-8; the gateway forwards headers unchanged and cannot forward it",
+            )
 
 
 def offered(headers: Headers) -> list[str]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.logcapture import append_external_log
 
@@ -19,9 +23,17 @@ LISTENING = re.compile(r"terminal-proxy \S+ listening on (https?://[0-9A-Za-z.:\
 class GatewayProcess:
     """``python -m terminal_proxy serve …`` with its stderr collected line by line."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ) -> None:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
+        # Run in the child before exec (e.g. resource.setrlimit for a low fd limit).
+        self.preexec_fn = preexec_fn
         self.lines: list[str] = []
         self.url = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -43,6 +55,7 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         self._reader = asyncio.create_task(self._read(), name="gateway-process-stderr")
         line = await self.wait_for_line(lambda s: bool(LISTENING.search(s)) or "Traceback" in s)
@@ -110,3 +123,20 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def standalone_config(tmp_path: Path, **sections: Any) -> Path:
+    """A serve config for tests that never reach authorization (connection handling,
+    request parsing): a backend and upstream nobody listens on, plus ``sections``."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(base64.b64encode(b"s" * 32).decode())
+    doc: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "authorization": {"backend": "http://127.0.0.1:9", "secret_file": str(secret_file)},
+        "upstream": {"allowed_hosts": ["127.0.0.1:9"]},
+        "logging": {"level": "info", "format": "text"},
+        **sections,
+    }
+    path = tmp_path / "terminal-proxy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

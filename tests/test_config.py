@@ -125,6 +125,13 @@ DEFAULTS = [
     ("limits.max_pending_handshakes", 0),
     ("limits.handshake_timeout", 30.0),
     ("limits.retry_after", 5.0),
+    ("limits.request_head_timeout", 10.0),
+    ("limits.keepalive_timeout", 60.0),
+    ("limits.max_http_connections", 1024),
+    ("limits.client_handshake_rate", 0.0),
+    ("limits.client_handshake_burst", 20),
+    ("limits.user_handshake_rate", 0.0),
+    ("limits.user_handshake_burst", 10),
     ("tls.cert_file", None),
     ("tls.key_file", None),
     ("metrics.listen", None),
@@ -253,6 +260,13 @@ limits:
   max_pending_handshakes: 500
   handshake_timeout: 0
   retry_after: 30s
+  request_head_timeout: 5s
+  keepalive_timeout: 2m
+  max_http_connections: 200
+  client_handshake_rate: 2.5
+  client_handshake_burst: 15
+  user_handshake_rate: 0.5
+  user_handshake_burst: 4
 tls:
   cert_file: /etc/tp/tls.crt
   key_file: /etc/tp/tls.key
@@ -375,6 +389,13 @@ EVERY_KEY = [
     ("limits.max_pending_handshakes", 500),
     ("limits.handshake_timeout", 0.0),
     ("limits.retry_after", 30.0),
+    ("limits.request_head_timeout", 5.0),
+    ("limits.keepalive_timeout", 120.0),
+    ("limits.max_http_connections", 200),
+    ("limits.client_handshake_rate", 2.5),
+    ("limits.client_handshake_burst", 15),
+    ("limits.user_handshake_rate", 0.5),
+    ("limits.user_handshake_burst", 4),
     ("tls.cert_file", "/etc/tp/tls.crt"),
     ("tls.key_file", "/etc/tp/tls.key"),
     ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
@@ -591,6 +612,7 @@ def test_unit_problems_in_config(text: str, message: str) -> None:
         "session.idle_timeout",
         "session.shutdown_grace",
         "limits.handshake_timeout",
+        "limits.request_head_timeout",
     ],
 )
 def test_zero_disables(path: str) -> None:
@@ -1334,6 +1356,10 @@ def test_gitlab_example_loads(secret_file: Path) -> None:
         ("limits: {max_sessions_per_user: 2.5}", "limits.max_sessions_per_user", "integer"),
         ("limits: {max_pending_handshakes: true}", "limits.max_pending_handshakes", "integer"),
         ("limits: {retry_after: 0}", "limits.retry_after", "greater than 0"),
+        ("limits: {keepalive_timeout: 0}", "limits.keepalive_timeout", "greater than 0"),
+        ("limits: {client_handshake_rate: -1}", "limits.client_handshake_rate", "between 0"),
+        ("limits: {user_handshake_rate: .nan}", "limits.user_handshake_rate", "between 0"),
+        ("limits: {client_handshake_burst: 0}", "limits.client_handshake_burst", "at least 1"),
         ("tls: {cert_file: /a.pem}", "tls.key_file", "is required when cert_file is set"),
         ("tls: {key_file: /a.key}", "tls.cert_file", "is required when key_file is set"),
         ("metrics: {listen: 9181}", "metrics.listen", "expected HOST:PORT"),

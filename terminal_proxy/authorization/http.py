@@ -174,6 +174,8 @@ class HttpAuthorizer(abc.ABC):
             return await self._ask(request)
 
     async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
+        # Header values go as UTF-8, byte for byte what the browser sent (the gateway
+        # refuses a request whose headers are not UTF-8 before it gets here).
         headers = forwardable_headers(request.headers)
         headers += self.extra_headers()
         headers += self.signed_headers()

@@ -17,7 +17,8 @@ RUN mkdir -p /src/terminal_proxy/web && node build.mjs
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py finds the page already built (and no web/ sources) and packages it as it is.
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY terminal_proxy ./terminal_proxy
 COPY --from=web /src/terminal_proxy/web/static ./terminal_proxy/web/static
 RUN python -m venv /opt/terminal-proxy \

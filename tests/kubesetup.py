@@ -28,40 +28,39 @@ GROUPS_HEADER = "X-Forwarded-Groups"
 TERMINAL_VIEW = "terminal-view"
 
 
+RBAC_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac"
+
+
+def shipped_rules(component: str) -> list[dict[str, Any]]:
+    """The rules of the ClusterRole in deploy/kubernetes/rbac/<component>/rbac.yaml."""
+    docs = yaml.safe_load_all((RBAC_DIR / component / "rbac.yaml").read_text())
+    (role,) = (doc for doc in docs if doc and doc["kind"] == "ClusterRole")
+    rules: list[dict[str, Any]] = role["rules"]
+    return rules
+
+
 def gateway_rbac(rbac: FakeRbac, *, provision: bool = False, node_debug: bool = False) -> None:
-    """Exactly the permissions docs/kubernetes.md says the gateway needs (node-debug
-    routes: the provision rules and reading nodes)."""
+    """Exactly the rules deploy/kubernetes/rbac/ ships (and docs/kubernetes.md shows): a
+    missing rule there fails the tests that use this. Node-debug routes: the provision
+    rules and reading nodes. The bind rule names ``view``, the shipped config's
+    provision.role_name; the tests' role is TERMINAL_VIEW."""
+    components = ["kubernetes-native"]
+    if provision or node_debug:
+        components.append("provisioned-terminals")
     if node_debug:
-        provision = True
-        rbac.allow(GATEWAY_USER, ["get"], ["nodes"])
-    rbac.allow(GATEWAY_USER, ["create"], ["subjectaccessreviews"], groups=["authorization.k8s.io"])
-    rbac.allow(GATEWAY_USER, ["impersonate"], ["users", "groups"])
-    if provision:
-        rbac.allow(
-            GATEWAY_USER,
-            ["create", "get", "list", "watch", "patch", "delete"],
-            ["serviceaccounts", "secrets", "pods"],
-        )
-        rbac.allow(GATEWAY_USER, ["create"], ["serviceaccounts/token"])
-        rbac.allow(
-            GATEWAY_USER,
-            ["create", "get", "list", "delete"],
-            ["rolebindings"],
-            groups=["rbac.authorization.k8s.io"],
-        )
-        rbac.allow(
-            GATEWAY_USER,
-            ["bind"],
-            ["clusterroles"],
-            groups=["rbac.authorization.k8s.io"],
-            names=[TERMINAL_VIEW],
-        )
-        rbac.allow(
-            GATEWAY_USER,
-            ["create", "get", "list", "delete"],
-            ["networkpolicies"],
-            groups=["networking.k8s.io"],
-        )
+        components.append("node-debug")
+    for component in components:
+        for rule in shipped_rules(component):
+            names = rule.get("resourceNames")
+            rbac.allow(
+                GATEWAY_USER,
+                rule["verbs"],
+                rule["resources"],
+                groups=rule["apiGroups"],
+                names=None
+                if names is None
+                else [TERMINAL_VIEW if n == "view" else n for n in names],
+            )
 
 
 class ClusterKube(FakeKubeApiServer):

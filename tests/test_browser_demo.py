@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -54,13 +54,14 @@ class Demo:
 
 
 @contextlib.asynccontextmanager
-async def start_demo(*args: str) -> AsyncIterator[Demo]:
-    """``terminal-proxy demo`` as a process, ready once it has printed its login URL."""
+async def start_demo(
+    *args: str, program: Sequence[str] = (sys.executable, "-m", "terminal_proxy"), cwd: Path = ROOT
+) -> AsyncIterator[Demo]:
+    """``terminal-proxy demo`` as a process, ready once it has printed its login URL.
+    ``program`` runs terminal-proxy (tests/test_packaging.py: an installed wheel's script)."""
     env = {**os.environ, "PS1": "$ ", "TERM": "xterm-256color"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "terminal_proxy",
+        *program,
         "demo",
         "--listen",
         "127.0.0.1:0",
@@ -71,6 +72,7 @@ async def start_demo(*args: str) -> AsyncIterator[Demo]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd=cwd,
     )
     assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []

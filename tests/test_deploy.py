@@ -20,10 +20,14 @@ import pytest
 import yaml
 
 from terminal_proxy.config import load_config, validate_for_serving
+from tests.fakes.kubectl import KubectlUnavailable, fetch_kubectl
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+DEPLOY = ROOT / "deploy" / "kubernetes"
+MANIFESTS = sorted(path for path in DEPLOY.glob("*.yaml") if path.name != "kustomization.yaml")
+RBAC = sorted((DEPLOY / "rbac").glob("*/rbac.yaml"))
+OVERLAYS = ROOT / "deploy" / "kustomize"
 KUBERNETES_VERSION = "1.33.0"
 NAME = "terminal-proxy"
 
@@ -192,3 +196,165 @@ def test_selectors_match_the_pods() -> None:
     target = by_kind("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", NAME)
     assert by_kind("HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+
+
+def test_base_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    """``kubectl apply -k deploy/kubernetes`` gets what ``apply -f`` of the files would,
+    except the example Secret (created from the real file instead)."""
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {path.name for path in MANIFESTS} - {"secret.example.yaml"}
+
+
+# --------------------------------------------------------------------------------------------
+# RBAC for the Kubernetes modes (deploy/kubernetes/rbac/; tests/kubesetup.py grants the fake
+# cluster's gateway exactly these rules, so the provisioning and authorizer tests run on them)
+
+
+@pytest.mark.parametrize("path", RBAC, ids=lambda p: p.parent.name)
+def test_rbac_validates_and_binds_the_gateway(path: Path) -> None:
+    """Each component: one ClusterRole and a ClusterRoleBinding of it to the gateway's
+    ServiceAccount (deploy/kubernetes/serviceaccount.yaml); valid for Kubernetes."""
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    (role,) = (doc for doc in docs if doc["kind"] == "ClusterRole")
+    (binding,) = (doc for doc in docs if doc["kind"] == "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = by_kind("ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "default"}
+    ]
+    assert by_kind("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
+    kustomization = yaml.safe_load((path.parent / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["rbac.yaml"]
+
+
+def rbac_rules() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(api group, resource, verb, resourceNames) of every shipped rule."""
+    out = []
+    for path in RBAC:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "ClusterRole":
+                for rule in doc["rules"]:
+                    for group in rule["apiGroups"]:
+                        for resource in rule["resources"]:
+                            for verb in rule["verbs"]:
+                                names = tuple(rule.get("resourceNames", ()))
+                                out.append((group, resource, verb, names))
+    return out
+
+
+def test_rbac_is_least_privilege() -> None:
+    """No wildcards; Secrets are never read; nothing escalates beyond binding the one role;
+    no exec of the gateway's own (the API server checks the impersonated user)."""
+    rules = rbac_rules()
+    assert not [rule for rule in rules if "*" in rule[:3]]
+    secrets = {verb for group, resource, verb, _ in rules if resource == "secrets"}
+    assert secrets == {"create", "delete"}
+    assert not [rule for rule in rules if rule[1] in ("pods/exec", "pods/attach")]
+    assert not [rule for rule in rules if rule[2] in ("escalate", "update")]
+    binds = [rule for rule in rules if rule[2] == "bind"]
+    assert binds == [("rbac.authorization.k8s.io", "clusterroles", "bind", ("view",))]
+    impersonated = {resource for _, resource, verb, _ in rules if verb == "impersonate"}
+    assert impersonated == {"users", "groups"}  # not serviceaccounts, not userextras
+
+
+# --------------------------------------------------------------------------------------------
+# Kustomize overlays (deploy/kustomize/), rendered with the real kubectl
+
+
+@pytest.fixture(scope="module")
+def kubectl_binary() -> Path:
+    try:
+        return fetch_kubectl()
+    except KubectlUnavailable as exc:
+        pytest.fail(f"kubectl is required for these tests and could not be fetched:\n{exc}")
+
+
+def render(kubectl: Path, overlay: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(OVERLAYS / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = (doc for doc in docs if doc["kind"] == kind)
+    return found
+
+
+OVERLAY_RBAC = {
+    "gitlab-contract": set(),
+    "kubernetes-native": {"terminal-proxy-kubernetes"},
+    "provisioned-terminals": {"terminal-proxy-kubernetes", "terminal-proxy-provision"},
+}
+
+
+@pytest.mark.kubectl
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_RBAC))
+def test_overlay_renders_valid_manifests_and_a_servable_config(
+    kubectl_binary: Path, overlay: str
+) -> None:
+    """``kubectl kustomize deploy/kustomize/<overlay>``: every document valid for Kubernetes,
+    all in one namespace; the config passes our loader and is ready to serve; the
+    Kubernetes modes mount the gateway's token, bind exactly their ClusterRoles to its
+    ServiceAccount and need no Workhorse secret; the GitLab contract gets no RBAC."""
+    docs = render(kubectl_binary, overlay)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    namespaced = [doc for doc in docs if not doc["kind"].startswith("Cluster")]
+    assert {doc["metadata"].get("namespace") for doc in namespaced} == {NAME}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    secrets = {
+        name: base64.b64encode(bytes(32)).decode()
+        for name, item in env.items()
+        if "valueFrom" in item
+    }
+    config = load_config(one(docs, "ConfigMap")["data"]["config.yaml"], environ=secrets)
+    assert validate_for_serving(config) == []
+    assert str(config.listen) == "0.0.0.0:8181" and config.metrics.listen is not None
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == account
+    roles = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "ClusterRole"}
+    assert roles == OVERLAY_RBAC[overlay]
+    bound = {
+        doc["roleRef"]["name"]
+        for doc in docs
+        if doc["kind"] == "ClusterRoleBinding"
+        and doc["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAME}]
+    }
+    assert bound == roles
+    kinds = {route.kind for route in config.routes}
+    if overlay == "gitlab-contract":
+        assert kinds == {"authorization"} and not config.kubernetes.clusters
+        assert pod["automountServiceAccountToken"] is False
+        assert "GITLAB_WORKHORSE_SECRET" in env
+        return
+    assert pod["automountServiceAccountToken"] is True
+    assert "GITLAB_WORKHORSE_SECRET" not in env
+    assert [cluster.in_cluster for cluster in config.kubernetes.clusters] == [True]
+    if overlay == "kubernetes-native":
+        assert kinds == {"kubernetes"}
+    else:
+        assert kinds == {"kubernetes-provision"}
+        assert config.kubernetes.provision.role_kind == "ClusterRole"
+        (bind,) = (
+            rule
+            for doc in docs
+            if doc["kind"] == "ClusterRole"
+            for rule in doc["rules"]
+            if "bind" in rule["verbs"]
+        )
+        assert bind["resourceNames"] == [config.kubernetes.provision.role_name]

@@ -54,7 +54,8 @@ class NativeAuthorizer(HttpAuthorizer):
         for key in doc:
             if key not in _TOP_KEYS:
                 raise _bad(str(key), "is not a known field")
-        if doc.get("version", 1) != 1:
+        version = doc.get("version", 1)
+        if isinstance(version, bool) or version != 1:
             raise _bad("version", "must be 1")
         connection = doc.get("connection")
         if not isinstance(connection, dict):
@@ -103,10 +104,13 @@ def _user(value: Any) -> tuple[str | None, tuple[str, ...]]:
     for key in value:
         if key not in ("id", "username", "groups"):
             raise _bad(f"user.{key}", "is not a known field")
-    name = value.get("username", value.get("id"))
-    if name is not None and (not isinstance(name, str | int) or isinstance(name, bool)):
+    username, user_id = value.get("username"), value.get("id")
+    if username is not None and not isinstance(username, str):
         raise _bad("user.username", "must be a string")
-    if isinstance(name, int) and name < 0:
+    if user_id is not None and (not isinstance(user_id, str | int) or isinstance(user_id, bool)):
+        raise _bad("user.id", "must be a string or an integer")
+    name = username if username is not None else user_id
+    if isinstance(user_id, int) and user_id < 0:
         raise _bad("user.id", "must not be negative")
     groups = value.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):

@@ -77,8 +77,10 @@ class Gateway:
     session_authorizer: Authorizer | None = None
     # Audit events (one JSON line per session open and end).
     audit: AuditLog | None = None
-    # Handshakes between request and upgrade, for limits.max_pending_handshakes.
+    # Handshakes between request and upgrade (resumes: until attached), for
+    # limits.max_pending_handshakes; ``resuming`` of them are resumes (no new session).
     pending: int = 0
+    resuming: int = 0
     # Sessions (and handshakes past authorization) per user key, for the per-user limit.
     per_user: Counter[str] = field(default_factory=Counter)
     # Where the metrics listener listens ("http://host:port"), once started.
@@ -341,12 +343,7 @@ async def _terminal(
     _check_origin(request, config.browser.allowed_origins)
     if gateway.draining:
         return _error_response(503, "server shutting down", request_id)
-    if chosen == TERMINAL_PROXY and "resume" in request.query:
-        # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
-        _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
-        socket = _browser_socket(config, chosen)
-        browser_request = _snapshot(request, config.browser.trusted_proxies)
-        return await resume_session(request, gateway, route, request_id, browser_request, socket)
+    resuming = chosen == TERMINAL_PROXY and "resume" in request.query
     limits = config.limits
     if limits.max_pending_handshakes and gateway.pending >= limits.max_pending_handshakes:
         return _limited(
@@ -356,7 +353,14 @@ async def _terminal(
             "too many terminals are being opened at once; try again shortly",
             request_id,
         )
-    if limits.max_sessions and len(gateway.sessions) + gateway.pending >= limits.max_sessions:
+    # A resume of a session living here adds no session; any other request does.
+    adds_session = not (resuming and request.query["resume"] in gateway.resumable)
+    opening = gateway.pending - gateway.resuming
+    if (
+        limits.max_sessions
+        and adds_session
+        and len(gateway.sessions) + opening >= limits.max_sessions
+    ):
         return _limited(
             gateway,
             "sessions",
@@ -364,6 +368,8 @@ async def _terminal(
             "the gateway is at its limit of open terminals; try again later",
             request_id,
         )
+    if resuming:
+        return await _resume(request, gateway, route, request_id, chosen)
 
     browser_request = _snapshot(request, config.browser.trusted_proxies)
     started = time.monotonic()
@@ -410,6 +416,32 @@ async def _terminal(
     task.add_done_callback(gateway.session_tasks.discard)
     await asyncio.shield(task)
     return browser
+
+
+async def _resume(
+    request: web.Request, gateway: Gateway, route: str, request_id: str, chosen: str
+) -> web.StreamResponse:
+    """``?resume=``: nothing is dialled (terminal_proxy/resume.py). The resume holds a
+    pending-handshake slot until it is attached or refused, then this handler waits for
+    the session to let its socket go (the session, not this handler, closes it)."""
+    config = gateway.config
+    _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
+    socket = _browser_socket(config, chosen)
+    browser_request = _snapshot(request, config.browser.trusted_proxies)
+    gateway.pending += 1
+    gateway.resuming += 1
+    gateway.metrics.handshakes_pending.inc()
+    try:
+        response, released = await resume_session(
+            request, gateway, route, request_id, browser_request, socket
+        )
+    finally:
+        gateway.pending -= 1
+        gateway.resuming -= 1
+        gateway.metrics.handshakes_pending.dec()
+    if released is not None:
+        await asyncio.shield(released)
+    return response
 
 
 async def _run_session(

@@ -12,6 +12,7 @@ shares the request id.
     │   ├── UpgradeNotAllowed         400: WebSocket upgrade on a non-terminal path
     │   ├── NoCommonSubprotocol       400: browser offered none we speak
     │   ├── OriginRejected            403: cross-origin page
+    │   ├── ResumeRefused             403/404/410: a ?resume= refused before the upgrade
     │   └── MethodNotAllowed          405
     ├── AuthorizationError
     │   ├── AuthorizationUnavailable  502: the API is down / refused / errored at transport
@@ -36,6 +37,7 @@ __all__ = [
     "NotWebSocket",
     "OriginRejected",
     "RequestRejected",
+    "ResumeRefused",
     "UpgradeNotAllowed",
     "UpstreamDialFailed",
     "UpstreamError",
@@ -80,6 +82,15 @@ class OriginRejected(RequestRejected):
 
 class MethodNotAllowed(RequestRejected):
     status = 405
+
+
+class ResumeRefused(RequestRejected):
+    """A ``?resume=`` refused before the upgrade: 404 no such session, 410 it has ended,
+    403 the authorization names another user or terminal (docs/browser-protocol.md)."""
+
+    def __init__(self, public: str, *, status: int, detail: str = "") -> None:
+        super().__init__(public, detail=detail)
+        self.status = status
 
 
 class AuthorizationError(GatewayError):

@@ -264,6 +264,9 @@ class Session:
         self._limit_total = 0.0
         self._warn_timer: asyncio.TimerHandle | None = None
         self._extensions = 0
+        # The extension request being decided: one at a time, and one arriving meanwhile
+        # is refused at once (never queued), so max_extensions holds however many come.
+        self._extending: asyncio.Task[None] | None = None
         # The authorizer's ceiling was reached: the next warning says "not extendable".
         self._capped = False
         self._control_tasks: set[asyncio.Task[None]] = set()
@@ -614,7 +617,11 @@ class Session:
                         await self._send_event(Ack(input=self.input_offset))
                         continue
                     elif kind is ExtensionRequest:
-                        self._request_extension()
+                        if self._extending is not None and not self._extending.done():
+                            busy = "an extension request is already being decided"
+                            await self._send_event(ExtensionAnswer(False, self._remaining(), busy))
+                        else:
+                            self._extending = self._spawn_control(self._extend(), "extension")
                         continue
                     elif kind is Resume:
                         return Stop(
@@ -833,13 +840,11 @@ class Session:
         warning = ExpiryWarning(remaining, extendable=self._extendable())
         self._spawn_control(self._send_control(warning), "expiry-warning")
 
-    def _request_extension(self) -> None:
-        self._spawn_control(self._extend(), "extension")
-
-    def _spawn_control(self, coro: Any, what: str) -> None:
+    def _spawn_control(self, coro: Any, what: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = spawn(coro, name=f"session-{self.id}-{what}")
         self._control_tasks.add(task)
         task.add_done_callback(self._control_tasks.discard)
+        return task
 
     async def _send_control(self, event: Event) -> None:
         await self._send_event(event)

@@ -103,8 +103,10 @@ class HttpAuthorizer(abc.ABC):
         self._jwt: tuple[int, str] | None = None
         # Requests wait here, not in httpcore's pool: its queue is rescanned on every
         # assignment (quadratic in waiters), so thousands of re-polls falling due
-        # together used to starve the event loop and end in pool timeouts. Waiting here
-        # is not part of authorization.timeout; re-polls take at most MAX_REPOLLS slots.
+        # together used to starve the event loop and end in pool timeouts. Re-polls take
+        # at most MAX_REPOLLS slots, and a re-poll's wait for one counts towards its
+        # authorization.timeout: slow answers holding every slot make the waiting
+        # re-polls fail (and fail closed after the grace) instead of queueing for ever.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._repoll_slots = asyncio.Semaphore(MAX_REPOLLS)
 
@@ -132,26 +134,46 @@ class HttpAuthorizer(abc.ABC):
         return self._backend.copy_with(path=path, query=query or None)
 
     async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
+        # The wait for a slot is bounded by limits.handshake_timeout (the caller's).
         async with self._slots:
             return await self._ask(request)
 
     async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
         # The web app is asked the very same question again (Workhorse's auth checker).
-        async with self._repoll_slots, self._slots:
-            return await self._ask(request)
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                async with self._repoll_slots, self._slots:
+                    return await self._ask(request, deadline=False)
+        except TimeoutError:
+            raise AuthorizationTimeout(
+                "authorization API timed out",
+                detail=f"re-authorization took longer than {self._config.timeout:g}s "
+                "(waiting for a connection, the answer and its body together)",
+            ) from None
 
-    async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
+    async def _ask(self, request: BrowserRequest, *, deadline: bool = True) -> Grant | PassBack:
+        """One request; authorization.timeout bounds all of it, body included (``deadline``
+        False: the caller's deadline does)."""
         headers = forwardable_headers(request.headers)
         headers += self.extra_headers()
         headers += self.signed_headers()
         limit = self._config.max_response_body
+        timeout = self._config.timeout if deadline else None
         try:
-            async with self._client.stream("GET", self.url_for(request), headers=headers) as r:
+            async with (
+                asyncio.timeout(timeout),
+                self._client.stream("GET", self.url_for(request), headers=headers) as r,
+            ):
                 body = bytearray()
                 async for chunk in r.aiter_raw():
                     body += chunk
                     if len(body) > limit:
                         break
+        except TimeoutError:
+            raise AuthorizationTimeout(
+                "authorization API timed out",
+                detail=f"authorization API answer took longer than {self._config.timeout:g}s",
+            ) from None
         except httpx.TimeoutException as exc:
             raise AuthorizationTimeout(
                 "authorization API timed out", detail=f"authorization API timed out: {exc!r}"

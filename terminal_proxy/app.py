@@ -378,6 +378,14 @@ async def _terminal(
     try:
         async with asyncio.timeout(limits.handshake_timeout or None):
             opened = await _handshake(request, gateway, route, request_id, browser_request, chosen)
+    except asyncio.CancelledError:
+        # The client hung up (aiohttp cancels its handler): the authorization or dial in
+        # flight has stopped; the finally below frees the slot.
+        log.info(
+            "client left before the terminal opened",
+            extra={"fields": {"request_id": request_id, "route": route}},
+        )
+        raise
     except TimeoutError:
         return _limited(
             gateway,

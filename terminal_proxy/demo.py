@@ -219,7 +219,13 @@ async def run_demo(
             authorizer=authorizer,
             extra_routes=lambda a: add_demo_routes(a, authorizer, recordings),
         )
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,  # as serve: a client hanging up stops its handshake
+            shutdown_timeout=5,
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, listen.host, listen.port)

@@ -345,7 +345,7 @@ class Session:
         except asyncio.CancelledError:
             # The server cancelled the handler: its connection to the browser is gone
             # (aiohttp's handler_cancellation) or it is shutting down for good.
-            if self.browser.closed:
+            if self.browser.closed or not self._shutdown.is_set():
                 self.stop = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
             else:
                 self.stop = Stop(StopReason.SHUTDOWN, "handler cancelled")
@@ -492,7 +492,12 @@ class Session:
         decode, encode = self.browser_codec.decode, self.upstream_codec.encode
         loop = asyncio.get_running_loop()
         while True:
-            msg = await browser.receive()
+            try:
+                msg = await browser.receive()
+            except ConnectionError:
+                # aiohttp answers pings inside receive(): a pong that cannot be written
+                # (a client flooding pings and never reading) means the browser is gone.
+                return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
             if msg.type in _DATA:
                 events = self._browser_events(msg, decode, loop)
                 if isinstance(events, Stop):
@@ -597,7 +602,16 @@ class Session:
                 await self._attached.wait()
                 continue
             self._reading = ws
-            msg = await ws.receive()
+            try:
+                msg = await ws.receive()
+            except ConnectionError:
+                # A pong aiohttp could not write (see _pump_browser): the socket is gone.
+                if ws is not self._live:
+                    continue
+                if not self.resumable:
+                    return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+                self._detach(ws, "browser connection lost")
+                continue
             if ws is not self._live:
                 continue  # taken over or detached while we waited: read the new one
             if msg.type in _DATA:

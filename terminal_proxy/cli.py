@@ -326,6 +326,9 @@ async def serve(config: Config, *, reuse_port: bool = False) -> None:
         handle_signals=False,
         access_log=None,
         keepalive_timeout=limits.keepalive_timeout,
+        # A client that hangs up cancels its handler: an authorization or upstream dial
+        # in flight stops at once and frees its slots (a session ends as browser_left).
+        handler_cancellation=True,
         # Handlers still running after drain + close get cancelled by aiohttp.
         shutdown_timeout=config.session.shutdown_grace + config.session.close_timeout + 2,
     )

@@ -46,6 +46,10 @@ class DemoError(Exception):
 # A time-limited demo session (--max-session-time) may be extended this often, each time
 # by its limit again.
 DEMO_EXTENSIONS = 3
+# Terminals one demo user may have, detached ones (a reloaded page's, waiting for a
+# resume) included: a further one ends that user's oldest detached terminal, so reloads
+# never fill the session server (SessionServer.max_sessions, 64).
+DEMO_TERMINALS_PER_USER = 8
 
 
 def demo_policy() -> Policy:
@@ -59,8 +63,10 @@ def demo_config(
     recordings: Path | None = None,
     max_session_time: float = 0.0,
 ) -> Config:
-    """Embedded defaults: local only, the session server the only upstream; sessions
-    recorded into ``recordings`` when given (the demo's temporary directory). With a time
+    """Embedded defaults: local only, the session server the only upstream, at most
+    DEMO_TERMINALS_PER_USER terminals per user (a further one ends the user's oldest
+    detached terminal); sessions recorded into ``recordings`` when given (the demo's
+    temporary directory). With a time
     limit the page is warned before the end (5 minutes, or half the limit when shorter)
     and may extend the session by the limit again, DEMO_EXTENSIONS times."""
     base = default_config()
@@ -84,6 +90,7 @@ def demo_config(
         browser=dataclasses.replace(base.browser, allowed_hosts=demo_hosts(listen)),
         session=session,
         recording=recording,
+        limits=dataclasses.replace(base.limits, max_sessions_per_user=DEMO_TERMINALS_PER_USER),
     )
 
 
@@ -180,7 +187,13 @@ async def run_demo(
             authorizer=authorizer,
             extra_routes=lambda a: add_demo_routes(a, authorizer, policy, command, spool),
         )
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,  # as serve: a client hanging up stops its handshake
+            shutdown_timeout=5,
+        )
         await runner.setup()
         try:
             site = web.SockSite(runner, listener)

@@ -14,6 +14,7 @@ shares the request id.
     │   ├── PathRejected              400: a path that would be normalized elsewhere (..)
     │   ├── OriginRejected            403: cross-origin page
     │   ├── HostRejected              421: Host not on browser.allowed_hosts (DNS rebinding)
+    │   ├── ResumeRefused             403/404/410: a ?resume= refused before the upgrade
     │   ├── MethodNotAllowed          405
     │   ├── BadRequestTarget          400: absolute-form or other non-path target
     │   └── HeaderNotForwardable      400: a header value that is not UTF-8 (cannot be forwarded)
@@ -53,6 +54,7 @@ __all__ = [
     "ProvisioningFailed",
     "ProvisioningTimeout",
     "RequestRejected",
+    "ResumeRefused",
     "UpgradeNotAllowed",
     "UpstreamDialFailed",
     "UpstreamError",
@@ -105,6 +107,15 @@ class HostRejected(RequestRejected):
 
 class MethodNotAllowed(RequestRejected):
     status = 405
+
+
+class ResumeRefused(RequestRejected):
+    """A ``?resume=`` refused before the upgrade: 404 no such session, 410 it has ended,
+    403 the authorization names another user or terminal (docs/browser-protocol.md)."""
+
+    def __init__(self, public: str, *, status: int, detail: str = "") -> None:
+        super().__init__(public, detail=detail)
+        self.status = status
 
 
 class BadRequestTarget(RequestRejected):

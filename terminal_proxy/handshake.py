@@ -199,16 +199,12 @@ async def _terminal(
             retry_after=wait,
         )
     services = gateway.services()
-    if chosen == TERMINAL_PROXY and "resume" in request.query:
-        # Resuming a detached session: nothing is dialled (terminal_proxy/resume.py).
-        _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
-        socket = browser_socket(config, chosen)
-        return await resume_session(
-            request, gateway, services, route, request_id, browser_request, socket
-        )
     limits = config.limits
     registry = gateway.registry
-    registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions)
+    resume = request.query.get("resume", "") if chosen == TERMINAL_PROXY else ""
+    registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions, resume=resume)
+    if chosen == TERMINAL_PROXY and "resume" in request.query:
+        return await _resume(request, gateway, services, route, request_id, browser_request)
     started = time.monotonic()
     gateway.metrics.handshakes_pending.inc()
     try:
@@ -217,6 +213,14 @@ async def _terminal(
                 opened = await _open(
                     request, gateway, services, route, request_id, browser_request, chosen
                 )
+    except asyncio.CancelledError:
+        # The client hung up (aiohttp cancels its handler): the authorization or dial in
+        # flight has stopped, and its slots are free.
+        log.info(
+            "client left before the terminal opened",
+            extra={"fields": {"request_id": request_id, "route": route}},
+        )
+        raise
     except TimeoutError:
         raise LimitReached(
             "handshake_timeout",
@@ -257,6 +261,33 @@ async def _terminal(
     task.add_done_callback(gateway.session_tasks.discard)
     await asyncio.shield(task)
     return opened.browser
+
+
+async def _resume(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    route: str,
+    request_id: str,
+    browser_request: BrowserRequest,
+) -> web.StreamResponse:
+    """``?resume=``: nothing is dialled (resume.py). The resume holds a pending-handshake
+    slot until it is attached or refused, then this handler waits for the session to let
+    its socket go (the session, not this handler, closes it)."""
+    config = gateway.config
+    _note_misrouted_resume(config.session.replica_id, request.query["resume"], request_id)
+    socket = browser_socket(config, TERMINAL_PROXY)
+    gateway.metrics.handshakes_pending.inc()
+    try:
+        with gateway.registry.handshake(resume=True):
+            response, released = await resume_session(
+                request, gateway, services, route, request_id, browser_request, socket
+            )
+    finally:
+        gateway.metrics.handshakes_pending.dec()
+    if released is not None:
+        await asyncio.shield(released)
+    return response
 
 
 async def _open(

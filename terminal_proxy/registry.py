@@ -73,26 +73,33 @@ class Registry:
         self.ended: OrderedDict[str, StopReason] = OrderedDict()
         # Sessions (and handshakes past authorization) per user key.
         self.per_user: Counter[str] = Counter()
-        # Handshakes between request and upgrade.
+        # Handshakes between request and upgrade (resumes: until attached or refused), and
+        # how many of them are resumes (which may add no session).
         self.pending = 0
+        self.resuming = 0
         self._slots: dict[Session, Slot] = {}
 
     @contextmanager
-    def handshake(self) -> Iterator[None]:
-        """Count one handshake in flight for the duration of the block."""
+    def handshake(self, *, resume: bool = False) -> Iterator[None]:
+        """Count one handshake (a resume when ``resume``) in flight for the block."""
         self.pending += 1
+        self.resuming += resume
         try:
             yield
         finally:
             self.pending -= 1
+            self.resuming -= resume
 
-    def check_capacity(self, max_pending: int, max_sessions: int) -> None:
-        """Refuse one more handshake when either limit is reached (0: no limit)."""
+    def check_capacity(self, max_pending: int, max_sessions: int, *, resume: str = "") -> None:
+        """Refuse one more handshake when either limit is reached (0: no limit). A resume
+        (``resume``: its session id) of a session living here adds no session."""
         if max_pending and self.pending >= max_pending:
             raise LimitReached(
                 "pending", 503, "too many terminals are being opened at once; try again shortly"
             )
-        if max_sessions and len(self.live) + self.pending >= max_sessions:
+        adds_session = not (resume and resume in self.resumable)
+        opening = self.pending - self.resuming
+        if max_sessions and adds_session and len(self.live) + opening >= max_sessions:
             raise LimitReached(
                 "sessions", 503, "the gateway is at its limit of open terminals; try again later"
             )

@@ -214,6 +214,23 @@ async def resume_term(
     return new
 
 
+async def resume_refusal(
+    session: aiohttp.ClientSession,
+    url: str,
+    old: Term,
+    *,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Resume ``old``'s session by a hand-made upgrade request that the gateway refuses
+    before the upgrade: the HTTP status and the first line of the body (the reason)."""
+    assert old.hello is not None, "no hello on the old socket"
+    status, body, _ = await raw_handshake(
+        session, f"{url}?resume={old.hello.session}", protocols=TERMINAL_PROXY, headers=headers
+    )
+    assert status != 101, "the resume was upgraded"
+    return status, body.partition("\n")[0]
+
+
 async def raw_handshake(
     session: aiohttp.ClientSession,
     url: str,

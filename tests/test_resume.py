@@ -20,7 +20,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import blob_bytes
-from tests.termclient import Term, drop, open_term, resume_term, wait_hello
+from tests.termclient import Term, drop, open_term, resume_refusal, resume_term, wait_hello
 from tests.test_production import use_native
 
 
@@ -135,20 +135,22 @@ async def test_other_user_is_refused(
     auth_api: FakeAuthApi,
     browser: aiohttp.ClientSession,
 ) -> None:
-    """Re-authorization naming another user, or refusing: 4010; the token stays valid."""
+    """Re-authorization naming another user: 403 before the upgrade; refusing: the API's
+    own answer; the token stays valid."""
     use_native(auth_api, "alice")
     server = await make_gateway(authorization={"contract": "native"})
     first, url = await _open(browser, server)
     await kube.next_session()
     drop(first)
     auth_api.user = {"username": "mallory"}
-    other = await resume_term(browser, url, first)
-    code, reason = await other.wait_closed()
-    assert code == 4010 and reason.startswith("resume refused: ")
+    assert await resume_refusal(browser, url, first) == (
+        403,
+        "resume refused: the authorization names another user or terminal",
+    )
     auth_api.user = {"username": "alice"}
     auth_api.set_mode("deny")
-    denied = await resume_term(browser, url, first)
-    assert await denied.wait_closed() == (4010, "resume refused: authorization answered 403")
+    refused = await resume_refusal(browser, url, first)
+    assert refused == (403, "You are not allowed to open this terminal")
     # A refused resume does not use the token up: the right user still gets back in.
     auth_api.set_mode("ok")
     back = await resume_term(browser, url, first)
@@ -160,7 +162,8 @@ async def test_other_user_is_refused(
 async def test_unknown_session_and_expired_grace(
     make_gateway: GatewayFactory, kube: Kube, browser: aiohttp.ClientSession
 ) -> None:
-    """No such session: 4008. A session whose grace ran out: 4007, upstream closed."""
+    """No such session: 404. A session whose grace ran out: 410, upstream closed. Both
+    before the upgrade."""
     server = await make_gateway(session={"resume_grace": "200ms"})
     term, url = await _open(browser, server)
     upstream = await kube.next_session()
@@ -169,11 +172,10 @@ async def test_unknown_session_and_expired_grace(
     drop(term)
     assert await _ended(server, session_id) == "resume_expired"
     await upstream.wait_closed()
-    late = await resume_term(browser, url, term)
-    assert await late.wait_closed() == (4007, "session ended: resume grace expired")
+    late = await resume_refusal(browser, url, term)
+    assert late == (410, "session ended: resume grace expired")
     term.hello = dataclasses.replace(term.hello, session="0123456789abcdef")
-    unknown = await resume_term(browser, url, term)
-    assert await unknown.wait_closed() == (4008, "no such session to resume")
+    assert await resume_refusal(browser, url, term) == (404, "no such session to resume")
 
 
 async def test_overrun_while_detached_resets_at_a_safe_boundary(
@@ -212,7 +214,7 @@ async def test_detached_session_makes_room_at_the_per_user_limit(
     browser: aiohttp.ClientSession,
 ) -> None:
     """A user at limits.max_sessions_per_user whose other session is detached (the tab
-    was closed or reloaded) gets a new one: the detached session ends (4007 later)."""
+    was closed or reloaded) gets a new one: the detached session ends (410 later)."""
     use_native(auth_api, "alice")
     server = await make_gateway(
         authorization={"contract": "native"}, limits={"max_sessions_per_user": 1}
@@ -224,8 +226,8 @@ async def test_detached_session_makes_room_at_the_per_user_limit(
     second, _ = await _open(browser, server)
     await upstream.wait_closed()
     assert await _ended(server, first.hello.session) == "resume_expired"
-    late = await resume_term(browser, url, first)
-    assert await late.wait_closed() == (4007, "session ended: resume grace expired")
+    late = await resume_refusal(browser, url, first)
+    assert late == (410, "session ended: resume grace expired")
     await kube.next_session()
     await second.send_stdin(b"echo second\r")
     await second.read_until(b"\r\nsecond\r\n")

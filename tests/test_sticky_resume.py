@@ -5,7 +5,7 @@ the file) and ``b`` (``--replica-id``), behind the shipped ``config/nginx.conf``
 ``config/haproxy.cfg`` with only their addresses swapped (tests/proxies.py). Terminals are
 opened through the proxy (balanced over both), dropped (``transport.abort()``: no close
 frame) and resumed through the proxy with ``?resume=<replica>.<random>``: each resume must
-find its own upstream exec session again. A resume reaching the other replica gets 4008,
+find its own upstream exec session again. A resume reaching the other replica gets 404,
 and a crashed replica takes its sessions with it (docs/operations.md, several replicas).
 """
 
@@ -32,11 +32,11 @@ from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import ExecSession
 from tests.process import GatewayProcess, run_cli
 from tests.proxies import HAProxy, Nginx, ProxyProcess
-from tests.termclient import Term, open_term, resume_term, wait_hello
+from tests.termclient import Term, open_term, resume_refusal, resume_term, wait_hello
 
 KINDS = ["nginx", "haproxy"]
 SESSIONS = 6
-NO_SUCH_SESSION = (4008, "no such session to resume")
+NO_SUCH_SESSION = (404, "no such session to resume")
 
 
 def drop(term: Term) -> None:
@@ -138,7 +138,7 @@ async def test_resume_through_the_proxy_lands_on_the_replica_holding_the_session
 ) -> None:
     """Six terminals balanced over replicas a and b, all dropped; each resumes through
     the proxy on its own replica and finds its own upstream; the same resume sent to the
-    other replica (tag swapped, or straight to it) gets 4008."""
+    other replica (tag swapped, or straight to it) gets 404 before the upgrade."""
     async with (
         replicas(tmp_path, auth_api, kube, secret) as gateways,
         proxy(kind, tmp_path, gateways) as front,
@@ -156,17 +156,16 @@ async def test_resume_through_the_proxy_lands_on_the_replica_holding_the_session
 
         # A replica the proxy does not know: balanced like a new terminal, and refused.
         unknown = f"zz.{opened[0].session.partition('.')[2]}"
-        stray = await resume_term(browser, url, with_session(opened[0].term, unknown))
-        assert stray.hello is None and (stray.close_code, stray.close_reason) == NO_SUCH_SESSION
+        stray = await resume_refusal(browser, url, with_session(opened[0].term, unknown))
+        assert stray == NO_SUCH_SESSION
 
         for i, o in enumerate(opened):
             other = "b" if o.replica == "a" else "a"
             swapped = f"{other}.{o.session.partition('.')[2]}"
-            wrong = await resume_term(browser, url, with_session(o.term, swapped))
-            assert wrong.hello is None and (wrong.close_code, wrong.close_reason) == NO_SUCH_SESSION
-            direct = await resume_term(browser, gateways[other].url + ENV_PATH, o.term)
-            assert direct.hello is None
-            assert (direct.close_code, direct.close_reason) == NO_SUCH_SESSION
+            wrong = await resume_refusal(browser, url, with_session(o.term, swapped))
+            assert wrong == NO_SUCH_SESSION
+            direct = await resume_refusal(browser, gateways[other].url + ENV_PATH, o.term)
+            assert direct == NO_SUCH_SESSION
             warning = await logged(gateways[other], "reached replica", o.session)
             assert warning["level"] == "warning"
 
@@ -195,7 +194,7 @@ async def test_a_crashed_replica_takes_its_sessions_with_it(
 ) -> None:
     """SIGKILL replica a: its upstream exec connections drop (the kube-apiserver ends the
     processes), its attached and detached sessions are gone, and a resume through the
-    proxy gets 4008 from b at once; b's sessions resume as before."""
+    proxy gets 404 from b at once; b's sessions resume as before."""
     async with AsyncExitStack() as stack:
         gateways = await stack.enter_async_context(replicas(tmp_path, auth_api, kube, secret))
         front = await stack.enter_async_context(proxy(kind, tmp_path, gateways))
@@ -214,8 +213,7 @@ async def test_a_crashed_replica_takes_its_sessions_with_it(
         code, _ = await attached.term.wait_closed()
         assert code in (1006, None), code
         for o in (detached, attached):
-            gone = await resume_term(browser, url, o.term)
-            assert gone.hello is None and (gone.close_code, gone.close_reason) == NO_SUCH_SESSION
+            assert await resume_refusal(browser, url, o.term) == NO_SUCH_SESSION
 
         survivor = on_b[0]
         drop(survivor.term)

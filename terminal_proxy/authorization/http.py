@@ -117,8 +117,9 @@ class HttpAuthorizer(abc.ABC):
         self._jwt: tuple[int, str] | None = None
         # Requests wait here, not in the HTTP client's pool (httpcore's queue, used
         # before, was rescanned on every assignment: thousands of re-polls falling due
-        # together starved the event loop). Waiting here is not part of
-        # authorization.timeout; re-polls take at most MAX_REPOLLS slots.
+        # together starved the event loop). Re-polls take at most MAX_REPOLLS slots, and
+        # a re-poll's wait for one counts towards its authorization.timeout; a new
+        # session's wait is bounded by limits.handshake_timeout.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._repoll_slots = asyncio.Semaphore(MAX_REPOLLS)
 
@@ -170,8 +171,19 @@ class HttpAuthorizer(abc.ABC):
 
     async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
         # The web app is asked the very same question again (Workhorse's auth checker).
-        async with self._repoll_slots, self._slots:
-            return await self._ask(request)
+        # authorization.timeout bounds the wait for a connection slot too, so slow answers
+        # holding every re-poll slot make the waiting re-polls fail (closed, after the
+        # grace) instead of stopping revocation for every session.
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                async with self._repoll_slots, self._slots:
+                    return await self._ask(request)
+        except TimeoutError:
+            raise AuthorizationTimeout(
+                "authorization API timed out",
+                detail=f"re-authorization took longer than {self._config.timeout:g}s "
+                "(waiting for a connection, the answer and its body together)",
+            ) from None
 
     async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
         # Header values go as UTF-8, byte for byte what the browser sent (the gateway

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import yaml
 
 from ..channel import ConnectionDetails
+from ..sessionserver.server import SessionLimitError
 from ..units import parse_duration
 from . import BrowserRequest, Grant, PassBack
 
@@ -216,7 +217,17 @@ class StaticAuthorizer:
         if isinstance(refusal, PassBack):
             return refusal
         user = refusal
-        ticket = self.issuer.new_session(user.command)
+        try:
+            ticket = self.issuer.new_session(user.command)
+        except SessionLimitError as exc:
+            # Every terminal of the session server is taken (live, or detached and waiting
+            # for a resume): a clear 503, never a crash.
+            return PassBack(
+                503,
+                (("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "30")),
+                f"the session server has no free terminal ({exc}); close a terminal tab "
+                "or try again later\n".encode(),
+            )
         details = ConnectionDetails.build(
             url=ticket.url,
             subprotocols=list(_SUBPROTOCOLS),

@@ -1,8 +1,9 @@
 """Answers to a session's extension requests (v1.terminal-proxy ``extend``).
 
 Re-authorization decides; an authorizer that owns the time limit (``Extender``, e.g.
-provisioned terminals) also extends it where it lives. Requests are answered one at a
-time, so however many arrive at once, at most ``max_extensions`` are ever granted.
+provisioned terminals) also extends it where it lives. One request is decided at a time
+and one arriving meanwhile is refused at once, so however many arrive together, at most
+``max_extensions`` are ever granted and none piles up.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class ExtensionDesk:
         """The answer to one request, and the seconds it added (0 when refused)."""
         if deadline is None:
             return ExtensionAnswer(False, reason="this session has no time limit"), 0.0
+        if self._lock.locked():
+            # One arriving while another is decided is refused at once, never queued.
+            busy = "an extension request is already being decided"
+            return ExtensionAnswer(False, deadline.remaining(), busy), 0.0
         async with self._lock:
             # At the authorizer's ceiling, the authorizer still answers (with its reason).
             if not self.extendable(deadline) and not deadline.capped:

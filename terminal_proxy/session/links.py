@@ -29,7 +29,16 @@ from aiohttp import WSMessage, WSMsgType
 
 from ..protocols import Codec, Event, Exit, Hello, Output, ProtocolError, Resume
 from ..replay import ReplayBudget, ReplayBuffer
-from .sockets import DATA, Socket, Traffic, close_socket, is_too_big, left
+from .sockets import (
+    DATA,
+    LOST,
+    Socket,
+    Traffic,
+    close_socket,
+    is_too_big,
+    left,
+    receive_or_lost,
+)
 from .stop import Stop, StopReason
 
 __all__ = [
@@ -145,7 +154,7 @@ class DirectLink:
         return True
 
     async def receive(self) -> WSMessage:
-        return await self.latest.receive()
+        return await receive_or_lost(self.latest)
 
     def left(self, msg: WSMessage) -> Stop:
         return left(msg, self.latest)
@@ -309,9 +318,12 @@ class ResumableLink:
                 await self._attached.wait()
                 continue
             self._reading = ws
-            msg = await ws.receive()
+            msg = await receive_or_lost(ws)
             if ws is not self.socket:
                 continue  # taken over or detached while we waited: read the new one
+            if msg is LOST:
+                self._detach(ws, "browser connection lost")
+                continue
             if msg.type in DATA or (msg.type is WSMsgType.ERROR and is_too_big(msg.data)):
                 return msg
             code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code

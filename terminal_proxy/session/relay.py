@@ -242,7 +242,7 @@ class Session:
         except asyncio.CancelledError:
             # The server cancelled the handler: its connection to the browser is gone
             # (aiohttp's handler_cancellation) or it is shutting down for good.
-            if owner.latest.closed:
+            if owner.latest.closed or not self._shutdown.is_set():
                 self.stop = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
             else:
                 self.stop = Stop(StopReason.SHUTDOWN, "handler cancelled")

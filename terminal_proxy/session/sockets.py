@@ -18,12 +18,14 @@ from .stop import Stop, StopReason, reason_bytes
 
 __all__ = [
     "DATA",
+    "LOST",
     "Socket",
     "Traffic",
     "close_socket",
     "is_too_big",
     "left",
     "parsed_queue",
+    "receive_or_lost",
     "send_frames",
     "set_pong_timeout",
 ]
@@ -114,9 +116,25 @@ def is_too_big(exc: Any) -> bool:
     return getattr(exc, "code", None) == 1009
 
 
+# What a browser socket's reader returns when receive() itself failed: aiohttp answers
+# pings inside receive(), and a pong it cannot write (a client flooding pings and never
+# reading) raises there. The browser is gone.
+LOST = WSMessage(WSMsgType.ERROR, ConnectionResetError("browser connection lost"), None)
+
+
+async def receive_or_lost(ws: Socket) -> WSMessage:
+    """``ws.receive()``, or ``LOST`` when the connection failed under it."""
+    try:
+        return await ws.receive()
+    except ConnectionError:
+        return LOST
+
+
 def left(msg: WSMessage, ws: Socket) -> Stop:
     """Why a browser socket's non-data message ends its reading."""
     if msg.type is WSMsgType.ERROR and is_too_big(msg.data):
         return Stop(StopReason.MESSAGE_TOO_BIG, str(msg.data))
+    if msg is LOST:
+        return Stop(StopReason.BROWSER_LEFT, "browser connection lost")
     code = msg.data if msg.type is WSMsgType.CLOSE else ws.close_code
     return Stop(StopReason.BROWSER_LEFT, f"browser closed ({code})")

@@ -25,8 +25,9 @@ from .authorization import BrowserRequest, PassBack
 from .errors import AuthorizationError, AuthorizationTimeout, ResumeRefused
 from .gateway import Gateway, Services
 from .protocols import Opcode, ProtocolError, Resume, Role, codec_for
-from .session.links import ResumableLink, SessionGone
+from .session.links import SessionGone
 from .session.relay import Session
+from .session.resumable import ResumableLink
 from .session.sockets import close_socket
 from .session.stop import Stop, StopReason
 

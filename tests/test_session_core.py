@@ -15,8 +15,9 @@ from terminal_proxy.authorization import BrowserRequest, Grant, PassBack
 from terminal_proxy.channel import ConnectionDetails
 from terminal_proxy.errors import AuthorizationUnavailable
 from terminal_proxy.protocols import TERMINAL_PROXY, Resume, Role, codec_for
-from terminal_proxy.session.links import DirectLink, Phase, ResumableLink
+from terminal_proxy.session.links import DirectLink
 from terminal_proxy.session.relay import Session, SessionLimits
+from terminal_proxy.session.resumable import Phase, ResumableLink
 from terminal_proxy.session.stop import Stop, StopReason
 from terminal_proxy.session.timers import Repoller
 from tests.fakes.sockets import FakeSocket

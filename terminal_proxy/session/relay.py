@@ -19,30 +19,26 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType
+from aiohttp import WSMsgType
 
 from ..authorization import Authorizer, BrowserRequest, Grant
 from ..observability import SessionEnd, ended_fields
 from ..protocols import (
     TERMINAL_PROXY,
-    Ack,
     Codec,
     Event,
     Exit,
     ExpiryWarning,
-    ExtensionRequest,
-    Output,
-    ProtocolError,
-    Resume,
-    Stdin,
     StdinClosed,
 )
 from ..replay import ReplayBudget
 from ..tasks import cancel_and_wait, spawn
 from .extension import ExtensionDesk
-from .links import COALESCE_LIMIT, BrowserLink, DirectLink, LinkSet, ResumableLink
+from .links import BrowserLink, DirectLink, LinkSet
 from .pump import pump
 from .recording import RecordingTap
+from .resumable import ResumableLink
+from .sides import BrowserSide, UpstreamSide
 from .sockets import Socket, Traffic, parsed_queue
 from .stop import LINGER, Stop, StopReason, reason_bytes
 from .timers import Deadline, IdleTimer, Repoller
@@ -50,9 +46,6 @@ from .timers import Deadline, IdleTimer, Repoller
 __all__ = ["Session", "SessionLimits"]
 
 log = logging.getLogger("terminal_proxy.session")
-
-_K8S_V1 = frozenset({"channel.k8s.io", "base64.channel.k8s.io"})
-_BROWSER_GONE = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +104,10 @@ class Session:
         # when resume_grace is set.
         self.controls = browser_codec.name == TERMINAL_PROXY
         # The owner's link when it can be resumed (a later socket attaches to it).
-        self.resume: ResumableLink | None = None
-        owner: BrowserLink
-        if self.controls and limits.resume_grace > 0:
-            owner = self.resume = ResumableLink(
-                browser,
-                browser_codec,
-                session_id=session_id,
-                traffic=traffic,
-                grace=limits.resume_grace,
-                buffer=limits.resume_buffer,
-                budget=replay_budget,
-                close_timeout=limits.close_timeout,
-                expire=self.request_stop,
-                stopping=self._stopping,
-                marker=self.marker,
-            )
-        else:
-            owner = DirectLink(browser, browser_codec, traffic, limits.close_timeout)
+        self.resume = self._resumable(browser, browser_codec, replay_budget)
+        owner: BrowserLink = self.resume or DirectLink(
+            browser, browser_codec, traffic, limits.close_timeout
+        )
         self.links = LinkSet(owner)
         # The process's exit as the upstream reported it, once it has.
         self.exit: Exit | None = None
@@ -162,6 +141,26 @@ class Session:
 
     def _stopping(self) -> bool:
         return self._stopped.done()
+
+    def _resumable(
+        self, browser: Socket, codec: Codec, budget: ReplayBudget | None
+    ) -> ResumableLink | None:
+        limits = self.limits
+        if not (self.controls and limits.resume_grace > 0):
+            return None
+        return ResumableLink(
+            browser,
+            codec,
+            session_id=self.id,
+            traffic=self.traffic,
+            grace=limits.resume_grace,
+            buffer=limits.resume_buffer,
+            budget=budget,
+            close_timeout=limits.close_timeout,
+            expire=self.request_stop,
+            stopping=self._stopping,
+            marker=self.marker,
+        )
 
     @property
     def browser(self) -> Socket:
@@ -221,14 +220,14 @@ class Session:
                 pump(
                     self.upstream.receive,
                     self.upstream_codec,
-                    _BrowserSide(self),
+                    BrowserSide(self),
                     traffic,
                     queued=parsed_queue(self.upstream),
                 ),
                 name=f"session-{self.id}-upstream-to-browser",
             ),
             spawn(
-                pump(owner.receive, owner.codec, _UpstreamSide(self), traffic, inbound=True),
+                pump(owner.receive, owner.codec, UpstreamSide(self), traffic, inbound=True),
                 name=f"session-{self.id}-browser-to-upstream",
             ),
         ]
@@ -300,37 +299,6 @@ class Session:
         except (TimeoutError, ConnectionError):
             pass
 
-    async def upstream_ended(self, msg: WSMessage) -> Stop:
-        """The upstream's close (or failure), turned into the session's verdict."""
-        kind, data = msg.type, msg.data
-        if kind is WSMsgType.CLOSING:
-            # Our own close() woke this receive(): the session is already ending.
-            return Stop(StopReason.UPSTREAM_CLOSED, "closed by the gateway")
-        # A CLOSE message carries the peer's own code; ws.close_code may already say 1006
-        # when our automatic close reply could not be written (the peer hung up first).
-        closed = kind is WSMsgType.CLOSE and isinstance(data, int)
-        code = data if closed else self.upstream.close_code
-        reason = msg.extra if isinstance(msg.extra, str) else ""
-        self.upstream_close = (code, reason)
-        if kind is WSMsgType.ERROR:
-            return Stop(StopReason.UPSTREAM_FAILED, f"{type(data).__name__}: {data}")
-        if code in (1000, 1001):
-            if self.exit is None and self.upstream_codec.name in _K8S_V1 and code == 1000:
-                # channel.k8s.io v1 writes the error stream only on failure: a clean close
-                # without one is success.
-                self.exit = Exit(0)
-                if not await self.links.send_event(self.exit):
-                    return _BROWSER_GONE
-            if self.exit is not None:
-                exit_code = self.exit.code
-                if exit_code is None:
-                    return Stop(StopReason.UPSTREAM_FAILED, self.exit.message or "command failed")
-                return Stop(StopReason.EXITED, self.exit.message, exit_code=exit_code)
-            return Stop(StopReason.UPSTREAM_CLOSED, f"upstream closed ({code})")
-        if code is None or code == 1006:
-            return Stop(StopReason.UPSTREAM_FAILED, "connection lost")
-        return Stop(StopReason.UPSTREAM_FAILED, f"closed with {code} {reason}".strip())
-
     # Expiry warning and extensions (v1.terminal-proxy) ----------------------------------
 
     def _warn(self) -> None:
@@ -375,116 +343,6 @@ class Session:
             resumes=self.links.owner.resumes,
             extensions=0 if self.deadline is None else self.deadline.extensions,
         )
-
-
-class _BrowserSide:
-    """Upstream → browsers: output coalesced, recorded, then sent to every link."""
-
-    __slots__ = ("_chunks", "_session", "_size", "_stream")
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._stream = 0
-
-    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
-        flush = self._chunks and (stream != self._stream or self._size >= COALESCE_LIMIT)
-        if flush and not await self._flush():
-            return _BROWSER_GONE
-        self._stream = stream
-        self._chunks.append(data)
-        self._size += len(data)
-        if (self._size >= COALESCE_LIMIT or not more) and not await self._flush():
-            return _BROWSER_GONE
-        return None
-
-    async def settle(self, more: bool) -> Stop | None:
-        flush = self._chunks and (self._size >= COALESCE_LIMIT or not more)
-        if flush and not await self._flush():
-            return _BROWSER_GONE
-        return None
-
-    async def event(self, event: Event) -> Stop | None:
-        if self._chunks and not await self._flush():
-            return _BROWSER_GONE
-        session = self._session
-        if type(event) is Exit:
-            session.exit = event
-        if not await session.links.send_event(event):
-            return _BROWSER_GONE
-        return None
-
-    async def closed(self, msg: WSMessage) -> Stop:
-        # Whatever was gathered goes out before the close is acted on.
-        if self._chunks and not await self._flush():
-            return _BROWSER_GONE
-        return await self._session.upstream_ended(msg)
-
-    async def bad_frame(self, exc: ProtocolError) -> Stop:
-        if self._chunks and not await self._flush():
-            return _BROWSER_GONE
-        return Stop(StopReason.UPSTREAM_FAILED, f"invalid frame from upstream: {exc}")
-
-    async def _flush(self) -> bool:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks, self._size = [], 0
-        session = self._session
-        if session.recording is not None:
-            session.recording.output(data, self._stream)
-        return await session.links.send_output(data, self._stream)
-
-
-class _UpstreamSide:
-    """The owner's browser → upstream: input forwarded, control messages answered here."""
-
-    __slots__ = ("_encode", "_session", "_upstream")
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._upstream = session.upstream
-        self._encode = session.upstream_codec.encode
-
-    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
-        return await self._forward(Output(data, stream))
-
-    async def settle(self, more: bool) -> Stop | None:
-        return None
-
-    async def event(self, event: Event) -> Stop | None:
-        session = self._session
-        if session.recording is not None:
-            session.recording.browser(event)
-        kind = type(event)
-        if kind is Stdin:
-            session.traffic.input_offset += len(event.data)  # type: ignore[union-attr]
-        elif kind is Ack:
-            received = event.received  # type: ignore[union-attr]
-            session.links.owner.acked(received or 0)
-            await session.links.owner.send_event(Ack(input=session.traffic.input_offset))
-            return None
-        elif kind is ExtensionRequest:
-            session.request_extension()
-            return None
-        elif kind is Resume:
-            return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "resume is only a first message")
-        return await self._forward(event)
-
-    async def closed(self, msg: WSMessage) -> Stop:
-        return self._session.links.owner.left(msg)
-
-    async def bad_frame(self, exc: ProtocolError) -> Stop:
-        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
-
-    async def _forward(self, event: Event) -> Stop | None:
-        """Send one event's frames upstream; a Stop when the upstream is gone."""
-        for opcode, data in self._encode(event):
-            try:
-                await self._upstream.send_frame(data, WSMsgType(opcode))
-            except ConnectionError:
-                return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
-        return None
 
 
 def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) -> Stop:

@@ -1,0 +1,178 @@
+"""The two sinks of the one pump (``pump.py``): what each side of a session does with
+the events the other side's pump delivers.
+
+``BrowserSide`` (upstream → browsers) coalesces output into fewer browser frames, records
+it, and hands it to every browser link; an exit status is kept for the session's end.
+``UpstreamSide`` (the owner's browser → upstream) answers control messages (acks,
+extension requests) in the gateway, records and counts input, and forwards the rest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMessage, WSMsgType
+
+from ..protocols import (
+    Ack,
+    Event,
+    Exit,
+    ExtensionRequest,
+    Output,
+    ProtocolError,
+    Resume,
+    Stdin,
+)
+from .links import COALESCE_LIMIT
+from .stop import Stop, StopReason
+
+if TYPE_CHECKING:
+    from .relay import Session
+
+__all__ = ["BROWSER_GONE", "BrowserSide", "UpstreamSide", "upstream_ended"]
+
+_K8S_V1 = frozenset({"channel.k8s.io", "base64.channel.k8s.io"})
+
+BROWSER_GONE = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
+
+
+class BrowserSide:
+    """Upstream → browsers: output coalesced, recorded, then sent to every link."""
+
+    __slots__ = ("_chunks", "_session", "_size", "_stream")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._stream = 0
+
+    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
+        flush = self._chunks and (stream != self._stream or self._size >= COALESCE_LIMIT)
+        if flush and not await self._flush():
+            return BROWSER_GONE
+        self._stream = stream
+        self._chunks.append(data)
+        self._size += len(data)
+        if (self._size >= COALESCE_LIMIT or not more) and not await self._flush():
+            return BROWSER_GONE
+        return None
+
+    async def settle(self, more: bool) -> Stop | None:
+        flush = self._chunks and (self._size >= COALESCE_LIMIT or not more)
+        if flush and not await self._flush():
+            return BROWSER_GONE
+        return None
+
+    async def event(self, event: Event) -> Stop | None:
+        if self._chunks and not await self._flush():
+            return BROWSER_GONE
+        session = self._session
+        if type(event) is Exit:
+            session.exit = event
+        if not await session.links.send_event(event):
+            return BROWSER_GONE
+        return None
+
+    async def closed(self, msg: WSMessage) -> Stop:
+        # Whatever was gathered goes out before the close is acted on.
+        if self._chunks and not await self._flush():
+            return BROWSER_GONE
+        return await upstream_ended(self._session, msg)
+
+    async def bad_frame(self, exc: ProtocolError) -> Stop:
+        if self._chunks and not await self._flush():
+            return BROWSER_GONE
+        return Stop(StopReason.UPSTREAM_FAILED, f"invalid frame from upstream: {exc}")
+
+    async def _flush(self) -> bool:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks, self._size = [], 0
+        session = self._session
+        if session.recording is not None:
+            session.recording.output(data, self._stream)
+        return await session.links.send_output(data, self._stream)
+
+
+class UpstreamSide:
+    """The owner's browser → upstream: input forwarded, control messages answered here."""
+
+    __slots__ = ("_encode", "_session", "_upstream")
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._upstream = session.upstream
+        self._encode = session.upstream_codec.encode
+
+    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
+        return await self._forward(Output(data, stream))
+
+    async def settle(self, more: bool) -> Stop | None:
+        return None
+
+    async def event(self, event: Event) -> Stop | None:
+        session = self._session
+        if session.recording is not None:
+            session.recording.browser(event)
+        kind = type(event)
+        if kind is Stdin:
+            session.traffic.input_offset += len(event.data)  # type: ignore[union-attr]
+        elif kind is Ack:
+            received = event.received  # type: ignore[union-attr]
+            session.links.owner.acked(received or 0)
+            await session.links.owner.send_event(Ack(input=session.traffic.input_offset))
+            return None
+        elif kind is ExtensionRequest:
+            session.request_extension()
+            return None
+        elif kind is Resume:
+            return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "resume is only a first message")
+        return await self._forward(event)
+
+    async def closed(self, msg: WSMessage) -> Stop:
+        return self._session.links.owner.left(msg)
+
+    async def bad_frame(self, exc: ProtocolError) -> Stop:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+
+    async def _forward(self, event: Event) -> Stop | None:
+        """Send one event's frames upstream; a Stop when the upstream is gone."""
+        for opcode, data in self._encode(event):
+            try:
+                await self._upstream.send_frame(data, WSMsgType(opcode))
+            except ConnectionError:
+                return Stop(StopReason.UPSTREAM_FAILED, "upstream connection lost")
+        return None
+
+
+async def upstream_ended(session: Session, msg: WSMessage) -> Stop:
+    """The upstream's close (or failure), turned into the session's verdict."""
+    kind, data = msg.type, msg.data
+    if kind is WSMsgType.CLOSING:
+        # Our own close() woke this receive(): the session is already ending.
+        return Stop(StopReason.UPSTREAM_CLOSED, "closed by the gateway")
+    # A CLOSE message carries the peer's own code; ws.close_code may already say 1006
+    # when our automatic close reply could not be written (the peer hung up first).
+    closed = kind is WSMsgType.CLOSE and isinstance(data, int)
+    code = data if closed else session.upstream.close_code
+    reason = msg.extra if isinstance(msg.extra, str) else ""
+    session.upstream_close = (code, reason)
+    if kind is WSMsgType.ERROR:
+        return Stop(StopReason.UPSTREAM_FAILED, f"{type(data).__name__}: {data}")
+    if code in (1000, 1001):
+        if session.exit is None and session.upstream_codec.name in _K8S_V1 and code == 1000:
+            # channel.k8s.io v1 writes the error stream only on failure: a clean close
+            # without one is success.
+            session.exit = Exit(0)
+            if not await session.links.send_event(session.exit):
+                return BROWSER_GONE
+        if session.exit is not None:
+            exit_code = session.exit.code
+            if exit_code is None:
+                return Stop(StopReason.UPSTREAM_FAILED, session.exit.message or "command failed")
+            return Stop(StopReason.EXITED, session.exit.message, exit_code=exit_code)
+        return Stop(StopReason.UPSTREAM_CLOSED, f"upstream closed ({code})")
+    if code is None or code == 1006:
+        return Stop(StopReason.UPSTREAM_FAILED, "connection lost")
+    return Stop(StopReason.UPSTREAM_FAILED, f"closed with {code} {reason}".strip())

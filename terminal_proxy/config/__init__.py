@@ -24,9 +24,10 @@ The Workhorse secret is read when the config is loaded (``authorization.secret_f
 ``authorization.secret_env``) and kept in a ``Secret``, which never prints its bytes; problems
 name the key and the file or variable, never the content.
 
-Modules, in dependency order: ``values`` (secrets, addresses, routes, value parsers,
-problems), ``model`` (the sections), ``reader`` (the table-driven reader), ``schema`` (the
-tables: which key is read how), ``loader`` (the entry points).
+Modules, in dependency order: ``values`` (secrets, addresses, routes, host syntax,
+problems), ``parsers`` (value parsers), ``model`` (the sections), ``reader`` (the
+table-driven reader and its field readers), ``kube_schema`` and ``schema`` (the tables:
+which key is read how, cross-key checks), ``loader`` (the entry points).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .model import (
     UpstreamConfig,
     default_config,
 )
+from .parsers import parse_replica_id
 from .values import (
     DEFAULT_ROUTES,
     PROVISION_KINDS,
@@ -67,7 +69,6 @@ from .values import (
     RouteKind,
     Secret,
     normalize_origin,
-    parse_replica_id,
 )
 
 __all__ = [

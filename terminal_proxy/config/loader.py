@@ -11,9 +11,10 @@ import yaml
 from yaml.nodes import MappingNode
 
 from .model import Config, _lacks_secret
+from .parsers import _GITLAB_NEEDS_KEY
 from .reader import _is_null, _node_kind, _problem_order, _Reader
 from .schema import _CONFIG
-from .values import _GITLAB_NEEDS_KEY, ConfigError, Problem
+from .values import ConfigError, Problem
 
 # --------------------------------------------------------------------------------------------
 # Entry points

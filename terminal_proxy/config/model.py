@@ -9,9 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..units import KiB, MiB
+from .parsers import (
+    _GITLAB_NEEDS_KEY,
+    _parse_backend,
+    _parse_host_pattern,
+    _parse_listen,
+    _read_secret_file,
+    _text,
+    parse_replica_id,
+)
 from .values import (
     _COMMAND_LINE,
-    _GITLAB_NEEDS_KEY,
     _LOOPBACK,
     DEFAULT_ROUTES,
     ConfigError,
@@ -25,12 +33,6 @@ from .values import (
     RouteConfig,
     Secret,
     _package_version,
-    _parse_backend,
-    _parse_host_pattern,
-    _parse_listen,
-    _read_secret_file,
-    _text,
-    parse_replica_id,
 )
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .values import Problem, _describe
+from .parsers import _boolean, _describe, _duration, _fraction, _size
+from .values import Problem
 
 # --------------------------------------------------------------------------------------------
 # The table-driven reader: YAML nodes in, values out, problems collected on the way.
@@ -182,3 +183,25 @@ def _unknown_key(name: str, known: Iterable[str]) -> str:
     if close:
         return f"unknown key (did you mean {close[0]!r}?)"
     return f"unknown key (expected one of: {', '.join(known)})"
+
+
+# Field readers shared by the tables.
+_POSITIVE: Final = _scalar(_duration(zero=False))
+_ZERO_DISABLES: Final = _scalar(_duration(zero=True))
+_SIZE: Final = _scalar(_size)
+_BOOLEAN: Final = _scalar(_boolean)
+# Events per second; 0 disables.
+_RATE: Final = _scalar(_fraction(maximum=10_000))
+
+
+def _list_of(section: _Section, *, what: str) -> _Field:
+    """A list of mappings, each read by ``section``."""
+
+    def read(reader: _Reader, node: Node, key: str) -> Any:
+        if not isinstance(node, SequenceNode):
+            reader.report(node, key, f"expected a list of {what}, got {_node_kind(node)}")
+            return _INVALID
+        items = [section(reader, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        return _INVALID if any(item is _INVALID for item in items) else tuple(items)
+
+    return read

@@ -23,8 +23,8 @@ from terminal_proxy.config import Config, load_config
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import ExecSession, FakeKubeApiServer
 from tests.fakes.runner_session import FakeRunnerSession
-from tests.logcapture import LOG_PATH, leaked_secrets, remember_secret
-from tests.logcapture import install as install_log_capture
+from tests.support.logcapture import LOG_PATH, leaked_secrets, remember_secret
+from tests.support.logcapture import install as install_log_capture
 
 # One unit for every safety-net timeout, scalable on slow machines.
 UNIT = float(os.environ.get("TERMINAL_PROXY_TEST_TIMEOUT_FACTOR", "1"))

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, wait_for_stdin_end
-from tests.proxies import HAProxy, Nginx, ProxyProcess, check_config
-from tests.termclient import Term, open_term, raw_handshake
+from tests.support.proxies import HAProxy, Nginx, ProxyProcess, check_config
+from tests.support.termclient import Term, open_term, raw_handshake
 
 pytestmark = pytest.mark.proxies
 
@@ -189,7 +189,7 @@ def test_missing_proxy_binary_fails_rather_than_skips(
     """Without nginx/haproxy on PATH the tests fail with the install hint."""
     import shutil
 
-    from tests import proxies
+    from tests.support import proxies
 
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     with pytest.raises(AssertionError, match="scripts/install-proxies"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.logcapture import append_external_log, remember_secret
+from tests.support.logcapture import append_external_log, remember_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("TERMINAL_PROXY_TEST_OUTPUT", ROOT / "test-output"))

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from terminal_proxy.session.links import COALESCE_LIMIT
 from tests.conftest import ENV_PATH, GatewayFactory
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term
+from tests.support.termclient import open_term
 
 SUCCESS = b'\x03{"metadata":{},"status":"Success"}'
 

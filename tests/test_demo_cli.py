@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.logcapture import append_external_log, remember_secret
-from tests.process import run_cli
+from tests.support.logcapture import append_external_log, remember_secret
+from tests.support.process import run_cli
 
 LOGIN_URL = re.compile(r"(http://\S+)/-/login\?token=(\S+)")
 

@@ -207,7 +207,7 @@ def test_base_kustomization_lists_every_manifest_but_the_secret_example() -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# RBAC for the Kubernetes modes (deploy/kubernetes/rbac/; tests/kubesetup.py grants the fake
+# RBAC for the Kubernetes modes (deploy/kubernetes/rbac/; tests/kube/setup.py grants the fake
 # cluster's gateway exactly these rules, so the provisioning and authorizer tests run on them)
 
 

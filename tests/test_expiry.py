@@ -9,7 +9,7 @@ import aiohttp
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import drop, open_term, wait_hello
+from tests.support.termclient import drop, open_term, wait_hello
 
 LIMITS = {"max_duration": "1500ms", "expiry_warning": "700ms", "extension": "1s"}
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from terminal_proxy.session.stop import CLOSE_CODES
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term
+from tests.support.termclient import open_term
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ async def test_native_contract_rejects_unknown_fields(
         "max_sesion_time": 5,
     }
     server = await make_gateway(authorization={"contract": "native"})
-    from tests.termclient import raw_handshake
+    from tests.support.termclient import raw_handshake
 
     status, body, _ = await raw_handshake(browser, str(server.make_url(ENV_PATH)))
     assert status == 502 and "connection.max_sesion_time" in body

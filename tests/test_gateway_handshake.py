@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ENV_PATH, JOB_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term, raw_handshake
+from tests.support.termclient import open_term, raw_handshake
 
 
 def url(server: TestServer, path: str = ENV_PATH) -> str:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel, wait_for_stdin_end
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import Term, open_term
+from tests.support.termclient import Term, open_term
 
 POLL = 0.3
 

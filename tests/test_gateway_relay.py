@@ -17,7 +17,7 @@ from terminal_proxy.protocols import BROWSER_SUBPROTOCOLS
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.runner_session import FakeRunnerSession
-from tests.termclient import Term, open_term
+from tests.support.termclient import Term, open_term
 
 K8S_UPSTREAMS = (
     "v5.channel.k8s.io",

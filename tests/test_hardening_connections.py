@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.process import GatewayProcess, standalone_config
+from tests.support.process import GatewayProcess, standalone_config
 
 _URL = re.compile(r"http://([0-9.]+):(\d+)")
 # A request head cut short: the request line and half a header.

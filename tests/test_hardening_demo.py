@@ -23,7 +23,7 @@ from terminal_proxy.config import ListenAddress
 from terminal_proxy.demo import DEMO_TERMINALS_PER_USER, demo_config, demo_policy
 from terminal_proxy.protocols import TERMINAL_PROXY
 from terminal_proxy.sessionserver import SessionServer
-from tests.termclient import open_term, raw_handshake, wait_hello
+from tests.support.termclient import open_term, raw_handshake, wait_hello
 
 PATH = "/terminal.ws"
 RELOADS = 65  # one more than SessionServer's max_sessions (64)

@@ -25,8 +25,8 @@ from terminal_proxy.app import GATEWAY
 from terminal_proxy.session.relay import Session
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.process import GatewayProcess
-from tests.termclient import open_term
+from tests.support.process import GatewayProcess
+from tests.support.termclient import open_term
 
 
 async def _upgrade(

@@ -8,7 +8,7 @@ import aiohttp
 from terminal_proxy.protocols import TERMINAL_PROXY, ExtensionAnswer, ExtensionRequest
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term, wait_hello
+from tests.support.termclient import open_term, wait_hello
 
 LIMITS = {"max_duration": "120s", "extension": "120s", "max_extensions": 1}
 

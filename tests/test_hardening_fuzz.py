@@ -36,8 +36,8 @@ from terminal_proxy.app import build_app
 from terminal_proxy.channel import RESERVED_HEADERS
 from tests.conftest import ENV_PATH, Kube, gitlab_channel, make_config
 from tests.fakes.auth_api import FakeAuthApi
-from tests.logcapture import remember_secret
-from tests.termclient import open_term
+from tests.support.logcapture import remember_secret
+from tests.support.termclient import open_term
 
 T = TypeVar("T")
 WAIT = 20.0

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term, raw_handshake
+from tests.support.termclient import open_term, raw_handshake
 
 CONTRACTS = ("gitlab", "native")
 # Where each contract keeps the fields under attack.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from terminal_proxy.logs import JsonFormatter, TextFormatter
-from tests.process import GatewayProcess, standalone_config
+from tests.support.process import GatewayProcess, standalone_config
 
 MALFORMED = "malformed request from"
 

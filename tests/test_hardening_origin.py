@@ -16,7 +16,7 @@ from terminal_proxy.config import HostPattern, ListenAddress
 from terminal_proxy.demo import demo_hosts
 from tests.conftest import ENV_PATH, GatewayFactory
 from tests.fakes.auth_api import FakeAuthApi
-from tests.rawhttp import ask, raw_request
+from tests.support.rawhttp import ask, raw_request
 
 TARGET = ENV_PATH.encode()
 

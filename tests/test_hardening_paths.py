@@ -20,7 +20,7 @@ from terminal_proxy.config import load_config
 from terminal_proxy.errors import PathRejected
 from tests.conftest import GatewayFactory
 from tests.fakes.auth_api import FakeAuthApi
-from tests.rawhttp import ask
+from tests.support.rawhttp import ask
 
 PREFIX = "/gitlab"
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from terminal_proxy.ratelimit import RateLimiter, client_key
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term, raw_handshake
+from tests.support.termclient import open_term, raw_handshake
 
 
 def url(server: TestServer) -> str:

@@ -22,7 +22,7 @@ from terminal_proxy.authorization.http import MAX_REPOLLS
 from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import Term, open_term
+from tests.support.termclient import Term, open_term
 
 TIMEOUT = 1.0
 INTERVAL = 0.5

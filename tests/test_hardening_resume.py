@@ -21,7 +21,7 @@ from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, Resume
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import Term, drop, open_term, resume_term, wait_hello
+from tests.support.termclient import Term, drop, open_term, resume_term, wait_hello
 from tests.test_production import use_native
 
 COOKIE = {"Cookie": "session=alice"}

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from tests.conftest import ENV_PATH
 from tests.fakes.auth_api import FakeAuthApi
-from tests.process import GatewayProcess
-from tests.termclient import open_term
+from tests.support.process import GatewayProcess
+from tests.support.termclient import open_term
 
 
 class StuckUpstream:

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import ENV_PATH, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import open_term
+from tests.support.termclient import open_term
 
 SIZE = 100 * 1024 * 1024
 

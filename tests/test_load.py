@@ -25,7 +25,7 @@ from aiohttp import web
 
 from tests.conftest import ENV_PATH
 from tests.fakes.auth_api import FakeAuthApi
-from tests.process import GatewayProcess
+from tests.support.process import GatewayProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

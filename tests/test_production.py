@@ -19,8 +19,8 @@ from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.logcapture import remember_secret
-from tests.termclient import Term, drop, open_term, raw_handshake, resume_term, wait_hello
+from tests.support.logcapture import remember_secret
+from tests.support.termclient import Term, drop, open_term, raw_handshake, resume_term, wait_hello
 
 
 def sessions_ended(count: int) -> AbstractContextManager[asyncio.Event]:

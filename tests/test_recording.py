@@ -23,7 +23,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from terminal_proxy.recording import Recorder, RecordingSettings, rotate
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
-from tests.termclient import drop, open_term, resume_term, wait_hello
+from tests.support.termclient import drop, open_term, resume_term, wait_hello
 from tests.test_production import use_native
 
 V5 = "v5.channel.k8s.io"

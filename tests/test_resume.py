@@ -20,7 +20,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube, gitlab_channel
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import blob_bytes
-from tests.termclient import Term, drop, open_term, resume_refusal, resume_term, wait_hello
+from tests.support.termclient import Term, drop, open_term, resume_refusal, resume_term, wait_hello
 from tests.test_production import use_native
 
 

@@ -14,8 +14,8 @@ import yaml
 
 from tests.conftest import ENV_PATH, Kube, gitlab_channel, wait_for_stdin_end
 from tests.fakes.auth_api import FakeAuthApi
-from tests.process import GatewayProcess, run_cli
-from tests.termclient import open_term
+from tests.support.process import GatewayProcess, run_cli
+from tests.support.termclient import open_term
 
 
 def _write_config(tmp_path: Path, auth_api: FakeAuthApi, kube: Kube, secret: bytes) -> Path:

@@ -17,8 +17,8 @@ import yaml
 
 from tests.conftest import ENV_PATH, Kube
 from tests.fakes.auth_api import FakeAuthApi
-from tests.process import GatewayProcess
-from tests.termclient import Term, open_term
+from tests.support.process import GatewayProcess
+from tests.support.termclient import Term, open_term
 
 
 def write_config(
@@ -124,7 +124,7 @@ async def test_serve_refuses_unloadable_certificate(
         secret,
         tls={"cert_file": str(cert), "key_file": str(tmp_path / "none.key")},
     )
-    from tests.process import run_cli
+    from tests.support.process import run_cli
 
     code, _, err = await run_cli("serve", "--config", str(config))
     assert code == 2 and "tls.cert_file: cannot load the certificate" in err

@@ -1,7 +1,7 @@
 """The session server end to end: a real TLS server on 127.0.0.1, real processes on PTYs.
 
 The test plays the gateway with an aiohttp client and the project's codecs in the CLIENT
-role (tests/termclient.py). Every wait is on an event (output seen, close frame, session
+role (tests/support/termclient.py). Every wait is on an event (output seen, close frame, session
 ended, pidfd readable); asyncio.timeout is only a safety net.
 """
 
@@ -29,8 +29,8 @@ from terminal_proxy.sessionserver import (
 )
 from tests.conftest import ENV_PATH, UNIT, GatewayFactory
 from tests.fakes.auth_api import FakeAuthApi
-from tests.logcapture import remember_secret
-from tests.termclient import Term, open_term, raw_handshake
+from tests.support.logcapture import remember_secret
+from tests.support.termclient import Term, open_term, raw_handshake
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"

@@ -2,7 +2,7 @@
 
 Two real ``terminal-proxy serve`` processes, replica ids ``a`` (``session.replica_id`` in
 the file) and ``b`` (``--replica-id``), behind the shipped ``config/nginx.conf`` and
-``config/haproxy.cfg`` with only their addresses swapped (tests/proxies.py). Terminals are
+``config/haproxy.cfg`` with only their addresses swapped (tests/support/proxies.py). Terminals are
 opened through the proxy (balanced over both), dropped (``transport.abort()``: no close
 frame) and resumed through the proxy with ``?resume=<replica>.<random>``: each resume must
 find its own upstream exec session again. A resume reaching the other replica gets 404,
@@ -30,9 +30,9 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.fakes.kube_apiserver import ExecSession
-from tests.process import GatewayProcess, run_cli
-from tests.proxies import HAProxy, Nginx, ProxyProcess
-from tests.termclient import Term, open_term, resume_refusal, resume_term, wait_hello
+from tests.support.process import GatewayProcess, run_cli
+from tests.support.proxies import HAProxy, Nginx, ProxyProcess
+from tests.support.termclient import Term, open_term, resume_refusal, resume_term, wait_hello
 
 KINDS = ["nginx", "haproxy"]
 SESSIONS = 6

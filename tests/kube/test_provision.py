@@ -21,7 +21,7 @@ import terminal_proxy.authorization.provision.lifecycle as lifecycle
 from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, ExpiryWarning
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
-from tests.kubesetup import (
+from tests.kube.setup import (
     GATEWAY_USER,
     TERMINAL_VIEW,
     USER_HEADER,
@@ -33,8 +33,8 @@ from tests.kubesetup import (
     provisioner,
     start_gateway,
 )
-from tests.logcapture import remember_secret
-from tests.termclient import open_term, raw_handshake, wait_hello
+from tests.support.logcapture import remember_secret
+from tests.support.termclient import open_term, raw_handshake, wait_hello
 
 PATH = "/k8s-terminal/dev/team-a/terminal.ws"
 IMAGE = "registry.example/tools:1"

@@ -33,7 +33,7 @@ from terminal_proxy.protocols import (
     StdinClosed,
     codec_for,
 )
-from tests.logcapture import remember_secret
+from tests.support.logcapture import remember_secret
 
 WAIT = 10.0
 

@@ -21,7 +21,7 @@ from terminal_proxy.config import KubernetesIdentityConfig, load_config
 from terminal_proxy.kube.cluster import ClusterError
 from terminal_proxy.kube.identity import Identity, IdentityVerifier
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
-from tests.kubesetup import (
+from tests.kube.setup import (
     GATEWAY_USER,
     GROUPS_HEADER,
     USER_HEADER,
@@ -30,8 +30,8 @@ from tests.kubesetup import (
     kube_config,
     start_gateway,
 )
-from tests.logcapture import remember_secret
-from tests.termclient import open_term, raw_handshake
+from tests.support.logcapture import remember_secret
+from tests.support.termclient import open_term, raw_handshake
 
 PATH = "/k8s/dev/default/mypod/main/terminal.ws"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.logcapture import append_external_log
+from tests.support.logcapture import append_external_log
 
 # The main listener's line (not "metrics listening on …").
 LISTENING = re.compile(r"terminal-proxy \S+ listening on (https?://[0-9A-Za-z.:\[\]]+)")

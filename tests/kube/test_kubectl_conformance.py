@@ -14,20 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.kube_apiserver import V5, FakeKubeApiServer, FakePod, blob_sha256
-from tests.fakes.kubectl import KUBECTL_VERSION, Kubectl, KubectlUnavailable, fetch_kubectl
+from tests.fakes.kubectl import KUBECTL_VERSION, Kubectl
 
 pytestmark = pytest.mark.kubectl
 
 TOKEN = "s3cret"
 EXEC_PATH = "/api/v1/namespaces/default/pods/mypod/exec"
-
-
-@pytest.fixture(scope="module")
-def kubectl_binary() -> Path:
-    try:
-        return fetch_kubectl()
-    except KubectlUnavailable as exc:
-        pytest.fail(f"kubectl is required for these tests and could not be fetched:\n{exc}")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.config import ConfigError, load_config
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac, Rule
-from tests.kubesetup import (
+from tests.kube.setup import (
     GATEWAY_USER,
     GROUPS_HEADER,
     TERMINAL_VIEW,
@@ -29,7 +29,7 @@ from tests.kubesetup import (
     provision_gateway,
     provisioner,
 )
-from tests.termclient import open_term, raw_handshake
+from tests.support.termclient import open_term, raw_handshake
 
 NODE = "node-1"
 PATH = f"/k8s-node-debug/dev/team-a/{NODE}/terminal.ws"

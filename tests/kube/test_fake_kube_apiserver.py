@@ -1046,7 +1046,7 @@ async def test_cli_prints_ready_and_serves(tmp_path: Path, cert: str) -> None:
         "tests.fakes.kube_apiserver",
         *args,
         stdout=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None

@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
-from tests.fakes.kubectl import Kubectl, KubectlUnavailable, fetch_kubectl
-from tests.kubesetup import GATEWAY_USER, ClusterKube
+from tests.fakes.kubectl import Kubectl
+from tests.kube.setup import GATEWAY_USER, ClusterKube
 
 pytestmark = pytest.mark.kubectl
-
-
-@pytest.fixture(scope="module")
-def kubectl_binary() -> Path:
-    try:
-        return fetch_kubectl()
-    except KubectlUnavailable as exc:
-        pytest.fail(f"kubectl is required for these tests and could not be fetched:\n{exc}")
 
 
 @pytest.fixture

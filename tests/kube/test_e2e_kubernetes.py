@@ -6,7 +6,7 @@ test grants its user ``edit`` in the namespace and removes it afterwards). Optio
 ``TERMINAL_PROXY_E2E_NAMESPACE`` (default ``default``), ``TERMINAL_PROXY_E2E_IMAGE`` (a
 terminal image with ``sh``; default ``busybox:1.36``). A kind or k3d cluster will do::
 
-    TERMINAL_PROXY_E2E_KUBECONFIG=~/.kube/config .venv/bin/pytest tests/test_e2e_kubernetes.py
+    TERMINAL_PROXY_E2E_KUBECONFIG=~/.kube/config .venv/bin/pytest tests/kube/test_e2e_kubernetes.py
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from terminal_proxy.app import GATEWAY
 from terminal_proxy.authorization.provision import ProvisionAuthorizer
 from terminal_proxy.authorization.routing import RoutingAuthorizer
 from terminal_proxy.config import load_config
-from tests.kubesetup import USER_HEADER, start_gateway
-from tests.termclient import open_term
+from tests.kube.setup import USER_HEADER, start_gateway
+from tests.support.termclient import open_term
 
 KUBECONFIG = os.environ.get("TERMINAL_PROXY_E2E_KUBECONFIG", "")
 NAMESPACE = os.environ.get("TERMINAL_PROXY_E2E_NAMESPACE", "default")

@@ -17,9 +17,9 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.logcapture import append_external_log
+from tests.support.logcapture import append_external_log
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NGINX_EXAMPLE = ROOT / "config" / "nginx.conf"
 HAPROXY_EXAMPLE = ROOT / "config" / "haproxy.cfg"
 # The examples' replicas (session.replica_id → where it listens): each test gives every

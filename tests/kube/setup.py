@@ -20,7 +20,7 @@ from terminal_proxy.kube.cluster import Cluster
 from tests.fakes.kube_apiserver import FakeKubeApiServer
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.fakes.kubectl import write_kubeconfig
-from tests.logcapture import remember_secret
+from tests.support.logcapture import remember_secret
 
 GATEWAY_USER = "system:serviceaccount:terminal-proxy:gateway"
 USER_HEADER = "X-Forwarded-User"
@@ -28,7 +28,7 @@ GROUPS_HEADER = "X-Forwarded-Groups"
 TERMINAL_VIEW = "terminal-view"
 
 
-RBAC_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac"
+RBAC_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "rbac"
 
 
 def shipped_rules(component: str) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Helpers the tests share: log capture, processes, proxies, raw HTTP, the terminal client."""

@@ -53,7 +53,7 @@ from .routes import (
     wants_upgrade,
 )
 from .session.recording import start_recording, wants_recording
-from .session.relay import Session, SessionLimits
+from .session.relay import Session
 from .session.sockets import set_pong_timeout
 from .tasks import spawn
 
@@ -359,7 +359,8 @@ async def _open(
         authorizer=services.session_authorizer,
         request=browser_request,
         grant=answer,
-        limits=session_limits(config),
+        limits=config.session,
+        polling=config.authorization,
         shutdown=gateway.shutdown,
         replay_budget=gateway.replay_budget,
     )
@@ -421,19 +422,3 @@ def browser_socket(config: Config, chosen: str) -> BrowserSocket:
 def user_key(grant: Grant, request: BrowserRequest) -> str:
     """Who the per-user limit counts: the user the authorization named, else the client."""
     return f"user:{grant.user}" if grant.user else f"client:{request.client_ip}"
-
-
-def session_limits(config: Config) -> SessionLimits:
-    return SessionLimits(
-        max_duration=config.session.max_duration,
-        idle_timeout=config.session.idle_timeout,
-        poll_interval=config.authorization.poll_interval,
-        poll_jitter=config.authorization.poll_jitter,
-        poll_failure_grace=config.authorization.poll_failure_grace,
-        close_timeout=config.session.close_timeout,
-        resume_grace=config.session.resume_grace,
-        resume_buffer=config.session.resume_buffer,
-        expiry_warning=config.session.expiry_warning,
-        extension=config.session.extension,
-        max_extensions=config.session.max_extensions,
-    )

@@ -13,10 +13,11 @@ import pytest
 
 from terminal_proxy.authorization import BrowserRequest, Grant, PassBack
 from terminal_proxy.channel import ConnectionDetails
+from terminal_proxy.config import AuthorizationConfig, SessionConfig
 from terminal_proxy.errors import AuthorizationUnavailable
 from terminal_proxy.protocols import TERMINAL_PROXY, Resume, Role, codec_for
 from terminal_proxy.session.links import DirectLink
-from terminal_proxy.session.relay import Session, SessionLimits
+from terminal_proxy.session.relay import Session
 from terminal_proxy.session.resumable import Phase, ResumableLink
 from terminal_proxy.session.stop import Stop, StopReason
 from terminal_proxy.session.timers import Repoller
@@ -50,10 +51,22 @@ class FakeAuthorizer:
         pass
 
 
+Settings = tuple[SessionConfig, AuthorizationConfig]
+
+
+def settings(**values: float) -> Settings:
+    """Session settings for a test: the session section's keys, and the re-poll's from the
+    authorization section (re-polls off unless poll_interval is given)."""
+    interval = values.pop("poll_interval", 0.0)
+    jitter = values.pop("poll_jitter", 0.1)
+    session = SessionConfig(**{"close_timeout": 1.0, **values})  # type: ignore[arg-type]
+    return session, AuthorizationConfig(poll_interval=interval, poll_jitter=jitter)
+
+
 def make_session(
     browser_protocol: str = GITLAB,
     *,
-    limits: SessionLimits | None = None,
+    limits: Settings | None = None,
     authorizer: FakeAuthorizer | None = None,
     grant: Grant = GRANT,
 ) -> tuple[Session, FakeSocket, FakeSocket]:
@@ -67,7 +80,8 @@ def make_session(
         authorizer=authorizer or FakeAuthorizer(),
         request=REQUEST,
         grant=grant,
-        limits=limits or SessionLimits(poll_interval=0, close_timeout=1),
+        limits=(limits or settings())[0],
+        polling=(limits or settings())[1],
         shutdown=asyncio.Event(),
     )
     return session, browser, upstream
@@ -156,10 +170,8 @@ async def test_output_reaches_every_link_and_a_failing_extra_link_only_leaves() 
 # Resume phases --------------------------------------------------------------------------
 
 
-def resumable_limits(**kwargs: float) -> SessionLimits:
-    values: dict[str, float] = {"poll_interval": 0, "close_timeout": 1, "resume_grace": 30}
-    values.update(kwargs)
-    return SessionLimits(**values)  # type: ignore[arg-type]
+def resumable_limits(**kwargs: float) -> Settings:
+    return settings(**{"resume_grace": 30.0, **kwargs})
 
 
 async def test_resume_phases_detach_attach_replay_and_single_use_tokens() -> None:
@@ -245,9 +257,7 @@ async def test_exit_while_detached_lingers_and_reaches_the_returning_browser() -
 
 
 async def test_time_limit_warns_then_extends_at_most_max_extensions_times() -> None:
-    limits = SessionLimits(
-        poll_interval=0,
-        close_timeout=1,
+    limits = settings(
         max_duration=30,
         expiry_warning=30,
         extension=60,
@@ -274,7 +284,7 @@ async def test_time_limit_warns_then_extends_at_most_max_extensions_times() -> N
 
 
 async def test_time_limit_ends_the_session_with_4004() -> None:
-    limits = SessionLimits(poll_interval=0, close_timeout=1, max_duration=0.05)
+    limits = settings(max_duration=0.05)
     session, browser, _ = make_session(limits=limits)
     stop = await within(session.run())
     assert stop.reason is StopReason.TIME_LIMIT
@@ -334,7 +344,7 @@ async def test_repoll_outcomes(
 
 
 async def test_a_revoking_repoll_ends_a_running_session_with_4001() -> None:
-    limits = SessionLimits(poll_interval=0.01, poll_jitter=0, close_timeout=1)
+    limits = settings(poll_interval=0.01, poll_jitter=0)
     authorizer = FakeAuthorizer(PassBack(403, (), b""))
     session, browser, _ = make_session(limits=limits, authorizer=authorizer)
     stop = await within(session.run())

@@ -18,6 +18,7 @@ from .parsers import (
     _text,
     parse_replica_id,
 )
+from .reader import _COUNT, _POSITIVE, _SIZE, _ZERO_DISABLES, _scalar, reads
 from .values import (
     _COMMAND_LINE,
     _LOOPBACK,
@@ -101,33 +102,36 @@ class BrowserConfig:
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
+    """``session:``. A key is declared once, here: its field, default and reader (``reads``);
+    the session itself takes this section as it is (``session/relay.py``)."""
+
     # Cap on session length, seconds; 0: only what the authorization grants.
-    max_duration: float = 0.0
+    max_duration: float = field(default=0.0, metadata=reads(_ZERO_DISABLES))
     # Close after this long without traffic either way, seconds; 0 disables.
-    idle_timeout: float = 0.0
+    idle_timeout: float = field(default=0.0, metadata=reads(_ZERO_DISABLES))
     # How long to wait for close handshakes, seconds.
-    close_timeout: float = 5.0
+    close_timeout: float = field(default=5.0, metadata=reads(_POSITIVE))
     # Per-direction bound on bytes queued in the gateway.
-    max_buffer: int = 256 * KiB
+    max_buffer: int = field(default=256 * KiB, metadata=reads(_SIZE))
     # On SIGTERM, sessions get this long before being closed with 1001, seconds.
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = field(default=10.0, metadata=reads(_ZERO_DISABLES))
     # v1.terminal-proxy: how long a session whose browser dropped waits for a resume,
     # seconds; 0: no resume (the session ends with its socket).
-    resume_grace: float = 300.0
+    resume_grace: float = field(default=300.0, metadata=reads(_ZERO_DISABLES))
     # Output bytes a resumable session keeps for the replay.
-    resume_buffer: int = 1024 * KiB
+    resume_buffer: int = field(default=1024 * KiB, metadata=reads(_SIZE))
     # All replay buffers of this gateway together.
-    resume_memory_cap: int = 256 * 1024 * KiB
+    resume_memory_cap: int = field(default=256 * 1024 * KiB, metadata=reads(_SIZE))
     # Sessions with a time limit: warn the browser this long before the end; 0: no warning.
-    expiry_warning: float = 300.0
+    expiry_warning: float = field(default=300.0, metadata=reads(_ZERO_DISABLES))
     # Time each granted extension adds, seconds; 0: no extensions.
-    extension: float = 0.0
+    extension: float = field(default=0.0, metadata=reads(_ZERO_DISABLES))
     # Extensions one session may get.
-    max_extensions: int = 0
+    max_extensions: int = field(default=0, metadata=reads(_COUNT))
     # This replica's name ([a-z0-9-]{1,63}), or "" for none. Set: session ids are
     # "<replica_id>.<random>", so a load balancer can send a resume (?resume=<id>) to the
     # replica that holds the session (docs/operations.md). --replica-id overrides it.
-    replica_id: str = ""
+    replica_id: str = field(default="", metadata=reads(_scalar(parse_replica_id)))
 
 
 @dataclass(frozen=True, slots=True)

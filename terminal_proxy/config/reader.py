@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .parsers import _boolean, _describe, _duration, _fraction, _size
+from .parsers import _boolean, _describe, _duration, _fraction, _integer, _size
 from .values import Problem
 
 # --------------------------------------------------------------------------------------------
@@ -205,3 +206,17 @@ def _list_of(section: _Section, *, what: str) -> _Field:
         return _INVALID if any(item is _INVALID for item in items) else tuple(items)
 
     return read
+
+
+_COUNT: Final = _scalar(_integer(minimum=0))
+
+
+def reads(read: _Field) -> dict[str, Any]:
+    """A field's metadata naming the reader of its YAML key (``fields_of`` collects them),
+    so a key is declared once: its field, default and reader together in ``model``."""
+    return {"read": read}
+
+
+def fields_of(cls: type[Any]) -> dict[str, _Field]:
+    """The readers a section's dataclass names in its fields' metadata (``reads``)."""
+    return {f.name: f.metadata["read"] for f in dataclasses.fields(cls)}

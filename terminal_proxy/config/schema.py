@@ -46,7 +46,6 @@ from .parsers import (
     _read_secret_env,
     _read_secret_file,
     _text,
-    parse_replica_id,
 )
 from .reader import (
     _BOOLEAN,
@@ -61,6 +60,7 @@ from .reader import (
     _Reader,
     _scalar,
     _Section,
+    fields_of,
 )
 from .values import (
     _ROUTE_GROUPS,
@@ -285,23 +285,7 @@ _CONFIG: Final = _Section(
                 "trusted_proxies": _list(_parse_network, what="IP networks"),
             },
         ),
-        "session": _Section(
-            SessionConfig,
-            {
-                "max_duration": _ZERO_DISABLES,
-                "idle_timeout": _ZERO_DISABLES,
-                "close_timeout": _POSITIVE,
-                "max_buffer": _SIZE,
-                "shutdown_grace": _ZERO_DISABLES,
-                "resume_grace": _ZERO_DISABLES,
-                "resume_buffer": _SIZE,
-                "resume_memory_cap": _SIZE,
-                "expiry_warning": _ZERO_DISABLES,
-                "extension": _ZERO_DISABLES,
-                "max_extensions": _scalar(_integer(minimum=0)),
-                "replica_id": _scalar(parse_replica_id),
-            },
-        ),
+        "session": _Section(SessionConfig, fields_of(SessionConfig)),
         "logging": _Section(
             LoggingConfig,
             {

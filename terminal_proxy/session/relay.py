@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType
 
 from ..authorization import Authorizer, BrowserRequest, Grant
+from ..config import AuthorizationConfig, SessionConfig
 from ..observability import SessionEnd, ended_fields
 from ..protocols import (
     TERMINAL_PROXY,
@@ -43,30 +43,9 @@ from .sockets import Socket, Traffic, parsed_queue
 from .stop import LINGER, Stop, StopReason, reason_bytes
 from .timers import Deadline, IdleTimer, Repoller
 
-__all__ = ["Session", "SessionLimits"]
+__all__ = ["Session"]
 
 log = logging.getLogger("terminal_proxy.session")
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLimits:
-    """Timers and polling for one session (seconds; 0 disables)."""
-
-    max_duration: float = 0.0
-    idle_timeout: float = 0.0
-    poll_interval: float = 60.0
-    poll_jitter: float = 0.1
-    poll_failure_grace: int = 2
-    close_timeout: float = 5.0
-    # v1.terminal-proxy: how long a detached session waits for its browser (0: no resume)
-    # and how many output bytes it keeps for the replay.
-    resume_grace: float = 0.0
-    resume_buffer: int = 1024 * 1024
-    # Sessions with a time limit: warn this long before the end; each granted extension
-    # adds ``extension`` seconds, at most ``max_extensions`` times.
-    expiry_warning: float = 0.0
-    extension: float = 0.0
-    max_extensions: int = 0
 
 
 class Session:
@@ -83,7 +62,8 @@ class Session:
         authorizer: Authorizer,
         request: BrowserRequest,
         grant: Grant,
-        limits: SessionLimits,
+        limits: SessionConfig,
+        polling: AuthorizationConfig,
         shutdown: asyncio.Event,
         replay_budget: ReplayBudget | None = None,
     ) -> None:
@@ -121,9 +101,9 @@ class Session:
         self._repoller = Repoller(
             lambda: authorizer.reauthorize(request, grant),
             grant,
-            interval=limits.poll_interval,
-            jitter=limits.poll_jitter,
-            failure_grace=limits.poll_failure_grace,
+            interval=polling.poll_interval,
+            jitter=polling.poll_jitter,
+            failure_grace=polling.poll_failure_grace,
             expire=self.request_stop,
             stopping=self._stopping,
             session_id=session_id,
@@ -233,7 +213,7 @@ class Session:
         ]
         if limits.idle_timeout:
             self._idle = IdleTimer(limits.idle_timeout, traffic, self.request_stop)
-        if limits.poll_interval:
+        if self._repoller.interval:
             self._repoller.start()
         try:
             await asyncio.wait([*tasks, self._stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -130,7 +130,7 @@ class Repoller:
     ) -> None:
         self._reauthorize = reauthorize
         self._grant = grant
-        self._interval = interval
+        self.interval = interval
         self._jitter = jitter
         self._failure_grace = failure_grace
         self._expire = expire
@@ -143,7 +143,7 @@ class Repoller:
     def start(self) -> None:
         jitter = 1 + random.uniform(-self._jitter, self._jitter)  # noqa: S311
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._interval * jitter, self._ask)
+        self._timer = loop.call_later(self.interval * jitter, self._ask)
 
     async def stop(self) -> None:
         if self._timer is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Protocol
 
 from aiohttp import WSMessage, WSMsgType
@@ -190,16 +190,22 @@ class LinkSet:
         if link in self._others:
             self._others.remove(link)
 
-    async def send_output(self, data: bytes, stream: int) -> bool:
+    def send_output(self, data: bytes, stream: int) -> Awaitable[bool]:
+        # The hot path: with one link, its own coroutine is awaited (no frame of ours).
+        if not self._others:
+            return self.owner.send_output(data, stream)
+        return self._send_output_all(data, stream)
+
+    async def _send_output_all(self, data: bytes, stream: int) -> bool:
         ok = await self.owner.send_output(data, stream)
-        for link in self._others[:] if self._others else ():
+        for link in self._others[:]:
             if not await link.send_output(data, stream):
                 self.discard(link)
         return ok
 
     async def send_event(self, event: Event) -> bool:
         ok = await self.owner.send_event(event)
-        for link in self._others[:] if self._others else ():
+        for link in self._others[:]:
             if not await link.send_event(event):
                 self.discard(link)
         return ok

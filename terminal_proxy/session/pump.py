@@ -7,8 +7,9 @@ What differs lives in the sink: coalescing output into fewer browser frames is t
 browser side's business, control messages the upstream side's.
 
 The hot path is a plain output frame: ``Codec.plain_output`` takes it without building an
-event, and the sink gathers its bytes while more frames are already parsed and queued
-(``more``), so a busy terminal's many small frames cost one browser write.
+event, and the sink gathers its bytes (synchronously, no await) while more frames are
+already parsed and queued (``more``), so a busy terminal's many small frames cost one
+browser write and one await.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ __all__ = ["Sink", "pump"]
 
 
 class Sink(Protocol):
-    """Where a pump delivers; every method returns a Stop when the session must end."""
+    """Where a pump delivers; every async method returns a Stop when the session must end."""
+
+    def gather(self, data: bytes, stream: int, more: bool) -> bool:
+        """Take plain output without waiting; True when something is due to be sent
+        (then the pump awaits ``send_ready``). ``more``: further frames are queued."""
+        ...
+
+    async def send_ready(self) -> Stop | None:
+        """Send what ``gather`` said is due."""
+        ...
 
     async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
         """Output bytes; ``more``: further frames are already queued behind this one."""
@@ -77,7 +87,8 @@ async def pump(
             traffic.bytes_in += len(payload)
         # The common frame (plain output) skips decode() and its event object.
         if (plain := plain_output(msg.type, payload)) is not None:  # type: ignore[arg-type]
-            if (stop := await sink.output(plain[1], plain[0], bool(queued))) is not None:
+            due = sink.gather(plain[1], plain[0], bool(queued))
+            if due and (stop := await sink.send_ready()) is not None:
                 return stop
             continue
         try:

@@ -37,36 +37,58 @@ BROWSER_GONE = Stop(StopReason.BROWSER_LEFT, "browser connection lost")
 
 
 class BrowserSide:
-    """Upstream → browsers: output coalesced, recorded, then sent to every link."""
+    """Upstream → browsers: output coalesced, recorded, then sent to every link.
 
-    __slots__ = ("_chunks", "_session", "_size", "_stream")
+    ``gather`` is synchronous: a plain output frame that only joins the batch costs no
+    await; the pump awaits ``send_ready`` only when a batch is due (the stream changed,
+    the batch reached ``COALESCE_LIMIT``, or no further frame is queued).
+    """
+
+    __slots__ = ("_chunks", "_due", "_ready", "_session", "_size", "_stream")
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._chunks: list[bytes] = []
         self._size = 0
         self._stream = 0
+        # Whole batches waiting to be sent, in order: (data, stream).
+        self._ready: list[tuple[bytes, int]] = []
+        # The current batch is to be sent with them.
+        self._due = False
 
-    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
-        flush = self._chunks and (stream != self._stream or self._size >= COALESCE_LIMIT)
-        if flush and not await self._flush():
-            return BROWSER_GONE
+    def gather(self, data: bytes, stream: int, more: bool) -> bool:
+        if self._chunks and (stream != self._stream or self._size >= COALESCE_LIMIT):
+            self._close_batch()
         self._stream = stream
         self._chunks.append(data)
         self._size += len(data)
-        if (self._size >= COALESCE_LIMIT or not more) and not await self._flush():
-            return BROWSER_GONE
+        self._due = self._size >= COALESCE_LIMIT or not more
+        return self._due or bool(self._ready)
+
+    async def send_ready(self) -> Stop | None:
+        if self._due:
+            self._close_batch()
+        self._due = False
+        ready, self._ready = self._ready, []
+        session = self._session
+        for data, stream in ready:
+            if session.recording is not None:
+                session.recording.output(data, stream)
+            if not await session.links.send_output(data, stream):
+                return BROWSER_GONE
         return None
+
+    async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
+        return await self.send_ready() if self.gather(data, stream, more) else None
 
     async def settle(self, more: bool) -> Stop | None:
-        flush = self._chunks and (self._size >= COALESCE_LIMIT or not more)
-        if flush and not await self._flush():
-            return BROWSER_GONE
-        return None
+        if self._chunks and (self._size >= COALESCE_LIMIT or not more):
+            self._due = True
+        return await self.send_ready() if self._due or self._ready else None
 
     async def event(self, event: Event) -> Stop | None:
-        if self._chunks and not await self._flush():
-            return BROWSER_GONE
+        if (stop := await self._send_all()) is not None:
+            return stop
         session = self._session
         if type(event) is Exit:
             session.exit = event
@@ -76,34 +98,48 @@ class BrowserSide:
 
     async def closed(self, msg: WSMessage) -> Stop:
         # Whatever was gathered goes out before the close is acted on.
-        if self._chunks and not await self._flush():
-            return BROWSER_GONE
+        if (stop := await self._send_all()) is not None:
+            return stop
         return await upstream_ended(self._session, msg)
 
     async def bad_frame(self, exc: ProtocolError) -> Stop:
-        if self._chunks and not await self._flush():
-            return BROWSER_GONE
+        if (stop := await self._send_all()) is not None:
+            return stop
         return Stop(StopReason.UPSTREAM_FAILED, f"invalid frame from upstream: {exc}")
 
-    async def _flush(self) -> bool:
+    async def _send_all(self) -> Stop | None:
+        self._due = bool(self._chunks)
+        return await self.send_ready()
+
+    def _close_batch(self) -> None:
         chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._ready.append((data, self._stream))
         self._chunks, self._size = [], 0
-        session = self._session
-        if session.recording is not None:
-            session.recording.output(data, self._stream)
-        return await session.links.send_output(data, self._stream)
 
 
 class UpstreamSide:
     """The owner's browser → upstream: input forwarded, control messages answered here."""
 
-    __slots__ = ("_encode", "_session", "_upstream")
+    __slots__ = ("_encode", "_pending", "_session", "_upstream")
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._pending: list[Output] = []
         self._upstream = session.upstream
         self._encode = session.upstream_codec.encode
+
+    def gather(self, data: bytes, stream: int, more: bool) -> bool:
+        self._pending.append(Output(data, stream))
+        return True
+
+    async def send_ready(self) -> Stop | None:
+        pending, self._pending = self._pending, []
+        for event in pending:
+            if (stop := await self._forward(event)) is not None:
+                return stop
+        return None
 
     async def output(self, data: bytes, stream: int, more: bool) -> Stop | None:
         return await self._forward(Output(data, stream))

@@ -24,7 +24,7 @@ from ..kube.cluster import Cluster, ClusterError
 from ..kube.identity import Identity, IdentityVerifier
 from ..kube.review import AccessCheck, impersonation_headers, review
 from . import BrowserRequest, Grant, PassBack, passback
-from .routing import route_of
+from .kube_target import kube_target
 
 __all__ = ["KubernetesAuthorizer"]
 
@@ -96,16 +96,17 @@ class KubernetesAuthorizer:
     def _target(
         self, request: BrowserRequest
     ) -> tuple[Cluster, Identity, str, dict[str, str]] | PassBack:
-        found = route_of(self._routes, request)
-        if found is None or found[0].kind != "kubernetes":
-            return passback(404, "not a Kubernetes terminal route")
-        groups = found[1]
-        cluster = self._clusters.get(groups["cluster"])
-        if cluster is None:
-            return passback(404, f"no cluster named {groups['cluster']!r} is configured")
-        identity = self._identity.identify(request)
-        if isinstance(identity, PassBack):
-            return identity
+        target = kube_target(
+            request,
+            routes=self._routes,
+            kinds=("kubernetes",),
+            clusters=self._clusters,
+            identity=self._identity,
+            not_ours="not a Kubernetes terminal route",
+        )
+        if isinstance(target, PassBack):
+            return target
+        cluster, identity, groups = target.cluster, target.identity, target.params
         verb = groups.get("verb", "exec")
         if verb not in ("exec", "attach"):
             return passback(404, f"unknown verb {verb!r} (exec or attach)")

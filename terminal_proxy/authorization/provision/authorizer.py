@@ -18,7 +18,7 @@ from ...kube.identity import Identity, IdentityVerifier
 from ...kube.review import AccessCheck, impersonation_headers, review
 from ...locks import KeyedLocks
 from .. import BrowserRequest, Extension, Grant, PassBack, passback
-from ..routing import route_of
+from ..kube_target import kube_target
 from .failures import ProvisionRefused
 from .lifecycle import Terminals
 from .manifests import CONTAINER
@@ -157,18 +157,19 @@ class ProvisionAuthorizer:
     # The request --------------------------------------------------------------------------
 
     def _target(self, request: BrowserRequest) -> _Target | PassBack:
-        found = route_of(self._routes, request)
-        if found is None or found[0].kind not in PROVISION_KINDS:
-            return passback(404, "not a provisioned-terminal route")
-        groups = found[1]
-        cluster = self.clusters.get(groups["cluster"])
-        if cluster is None:
-            return passback(404, f"no cluster named {groups['cluster']!r} is configured")
-        identity = self._identity.identify(request)
-        if isinstance(identity, PassBack):
-            return identity
+        target = kube_target(
+            request,
+            routes=self._routes,
+            kinds=PROVISION_KINDS,
+            clusters=self.clusters,
+            identity=self._identity,
+            not_ours="not a provisioned-terminal route",
+        )
+        if isinstance(target, PassBack):
+            return target
+        groups, cluster, identity = target.params, target.cluster, target.identity
         node = None
-        if found[0].kind == "kubernetes-node-debug":
+        if target.route.kind == "kubernetes-node-debug":
             node = groups.get("node") or ""
             if not _NODE_NAME.fullmatch(node):
                 return passback(404, f"invalid node name {node!r}")

@@ -8,12 +8,11 @@ gateway, small fakes in the unit tests (tests/session/).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence, Sized
+from collections.abc import Sized
 from typing import Any, Protocol
 
 from aiohttp import WSMessage, WSMsgType
 
-from ..protocols import Frame
 from .stop import Stop, StopReason, reason_bytes
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "left",
     "parsed_queue",
     "receive_or_lost",
-    "send_frames",
     "set_pong_timeout",
 ]
 
@@ -87,18 +85,6 @@ def set_pong_timeout(ws: object, seconds: float) -> bool:
         return False
     setattr(ws, "_pong_heartbeat", seconds)  # noqa: B010 (a private attribute, on purpose)
     return True
-
-
-async def send_frames(ws: Socket, frames: Sequence[Frame]) -> int:
-    """Send one event's frames; the bytes sent, or -1 when the peer is gone."""
-    sent = 0
-    for opcode, data in frames:
-        try:
-            await ws.send_frame(data, WSMsgType(opcode))
-        except ConnectionError:
-            return -1
-        sent += len(data)
-    return sent
 
 
 async def close_socket(ws: Socket, stop: Stop, close_timeout: float) -> None:

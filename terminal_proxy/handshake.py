@@ -67,15 +67,19 @@ _REPLICA_TAG = re.compile(r"[a-z0-9-]{1,63}")
 
 
 class BrowserSocket(web.WebSocketResponse):
-    """aiohttp closes oversized messages with 1009 and no reason; we add one."""
+    """aiohttp closes oversized messages with 1009 and no reason; we add one.
 
-    max_message_size = 0
+    The limit is read from aiohttp's own ``_max_msg_size`` rather than kept in an
+    attribute of ours: an attribute set after ``__init__`` un-shares the instance's
+    ``__dict__`` keys, ~650 bytes more per session (docs/performance.md).
+    """
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
-            message = f"message too big (limit {self.max_message_size} bytes)".encode()
+            limit = getattr(self, "_max_msg_size", "?")
+            message = f"message too big (limit {limit} bytes)".encode()
         return await super().close(code=code, message=message, drain=drain)
 
 
@@ -413,7 +417,6 @@ def browser_socket(config: Config, chosen: str) -> BrowserSocket:
         autoping=True,
         autoclose=True,
     )
-    browser.max_message_size = config.browser.max_message_size
     if config.browser.pong_timeout and config.browser.ping_interval:
         set_pong_timeout(browser, config.browser.pong_timeout)
     return browser

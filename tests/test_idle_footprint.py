@@ -1,0 +1,66 @@
+"""What an open session keeps once its handshake is done (docs/performance.md, idle memory).
+
+An idle session's memory is mostly aiohttp's per-connection state on both legs; the
+gateway drops the parts nobody reads after the upgrade: the upstream's 101 headers and the
+copy of our request's headers (the bearer token among them) in the client response, both
+connections' HTTP parsers, and no attribute of ours un-shares the browser socket's
+``__dict__``. The session must still relay afterwards, both ways, under backpressure too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from terminal_proxy.app import build_app
+from terminal_proxy.gateway import GATEWAY
+from terminal_proxy.listener import ConnectionGate, GuardedRunner
+from tests.conftest import ENV_PATH, Kube, gitlab_channel, make_config
+from tests.fakes.auth_api import FakeAuthApi
+from tests.support.termclient import open_term
+
+
+@pytest.fixture
+async def served(auth_api: FakeAuthApi, kube: Kube, secret: bytes) -> AsyncIterator[web.AppRunner]:
+    """The app behind the production listener (``GuardedRunner``), as ``serve`` runs it."""
+    runner = GuardedRunner(
+        build_app(make_config(auth_api.url, secret, [kube.host_port])), ConnectionGate("main")
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner
+    await runner.cleanup()
+
+
+async def test_open_session_keeps_no_handshake_state(
+    served: web.AppRunner, auth_api: FakeAuthApi, kube: Kube, browser: aiohttp.ClientSession
+) -> None:
+    auth_api.channel = gitlab_channel(kube, command=["cat"], tty=False)
+    host, port = served.addresses[0][:2]
+    term = await open_term(browser, f"http://{host}:{port}{ENV_PATH}", "terminal.gitlab.com")
+    await kube.next_session()
+    await term.send_stdin(b"before")
+    await term.read_until(b"before")
+    (session,) = served.app[GATEWAY].registry.live
+
+    upstream: Any = session.upstream
+    response = upstream._response
+    assert not response.headers
+    assert not response.raw_headers
+    assert not response.request_info.headers  # no Authorization kept for the session's life
+    assert response.connection.protocol._parser is None
+
+    browser_socket: Any = session.browser
+    assert browser_socket._req.protocol._parser is None
+    assert "max_message_size" not in vars(browser_socket)
+
+    # Both ways still work, a burst that makes reading pause and resume included.
+    burst = bytes(range(256)) * 256  # 64 KiB
+    for _ in range(64):
+        await term.send_stdin(burst)
+    await term.read_until(b"before" + burst * 64)
+    await term.ws.close()

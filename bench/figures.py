@@ -12,6 +12,8 @@ CPU is read from ``/proc`` before and after the client process runs.
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,7 @@ from typing import Any
 from bench.baseline import BASE, Tree, tree_env
 from bench.gateway import GatewayProcess
 from bench.nginx import NginxProcess
-from bench.procs import ROOT, ClientError, Holder, run_client
+from bench.procs import CLK_TCK, ROOT, ClientError, Holder, cpu_seconds, run_client
 
 __all__ = ["FIGURES", "NGINX_MISSING", "Bench", "Relay", "Settings"]
 
@@ -87,6 +89,8 @@ class Bench:
     baseline: Tree | None = None
     # Warning/error lines the gateway logged, per "figure/variant".
     gateway_problems: dict[str, list[str]] = field(default_factory=dict)
+    # The harness's own servers (name -> pid), for where a figure's CPU went.
+    services: dict[str, int] = field(default_factory=dict)
     current: str = ""
 
     @contextlib.contextmanager
@@ -124,6 +128,52 @@ class Bench:
     @staticmethod
     def _params(port: int, path: str, *, prefixed: bool) -> dict[str, Any]:
         return {"host": "127.0.0.1", "port": port, "path": path, "prefixed": prefixed}
+
+
+class CpuSplit:
+    """Where the CPU of one measurement went: the relay, each harness server, the client
+    processes (``RUSAGE_CHILDREN``: the clients are the only children reaped meanwhile)
+    and the whole machine (``/proc/stat``: how many of its cores were busy)."""
+
+    def __init__(self, b: Bench, relay: Relay) -> None:
+        self._relay = relay
+        self._pids = dict(b.services)
+        self._t0 = time.monotonic()
+        self._relay0 = relay.cpu()
+        self._services0 = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._clients0 = _children_cpu()
+        self._machine0 = _machine_busy()
+
+    def result(self) -> dict[str, Any]:
+        wall = time.monotonic() - self._t0
+        split: dict[str, float] = {}
+        if self._relay0 is not None:
+            split["relay"] = (self._relay.cpu() or 0.0) - self._relay0
+        for name, pid in self._pids.items():
+            split[name] = cpu_seconds(pid) - self._services0[name]
+        split["clients"] = _children_cpu() - self._clients0
+        busy = _machine_busy() - self._machine0
+        return {
+            "cpu_split_s": {k: round(v, 3) for k, v in split.items()},
+            "wall_s": round(wall, 3),
+            "machine_busy_cores": round(busy / wall, 2) if wall else None,
+            "machine_cores": os.cpu_count(),
+        }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores, not idle or iowait)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
 
 
 def _client(b: Bench, relay: Relay, mode: str, **params: Any) -> dict[str, Any]:
@@ -208,7 +258,9 @@ def setup_tls(b: Bench, relay: Relay) -> dict[str, Any]:
 
 def _setup(b: Bench, relay: Relay, concurrency: int, **params: Any) -> dict[str, Any]:
     s = b.settings
+    split = CpuSplit(b, relay)
     result = _client(b, relay, "setup", concurrency=concurrency, duration=s.setup_seconds, **params)
+    result.update(split.result())
     _per_session(result)
     return result
 
@@ -235,12 +287,15 @@ def setup_workers(b: Bench, relay: Relay) -> dict[str, Any]:
     start_at = time.time() + 1.5
     params = {**relay.params, "duration": s.setup_seconds, "timeout": 30, "start_at": start_at}
     with ThreadPoolExecutor(processes) as pool:
-        results = list(
-            pool.map(
-                lambda n: run_client("setup", {**params, "concurrency": n}, s.client_timeout),
-                shares,
-            )
-        )
+        futures = [
+            pool.submit(run_client, "setup", {**params, "concurrency": n}, s.client_timeout)
+            for n in shares
+        ]
+        # Where the time goes, from when the loops start (the clients' CPU still includes
+        # their start-up: it is counted when they are reaped).
+        time.sleep(max(0.0, start_at - time.time()))
+        split = CpuSplit(b, relay)
+        results = [future.result() for future in futures]
     seconds = max(r["seconds"] for r in results)
     result: dict[str, Any] = {
         "sessions": sum(r["sessions"] for r in results),
@@ -255,6 +310,9 @@ def setup_workers(b: Bench, relay: Relay) -> dict[str, Any]:
     if cpu0 is not None:
         time.sleep(SETTLE)
         result["relay_cpu_s"] = (relay.cpu() or 0.0) - cpu0
+    # Where the time goes: relay, fake upstream, fake API, clients, and how many of the
+    # machine's cores were busy (the whole window: start-up of the clients included).
+    result.update(split.result())
     _per_session(result)
     return result
 

@@ -132,9 +132,22 @@ def _vs_one_worker(floor: float | None) -> Check:
         one = _median([r.get("gateway_1w") for r in row["per_round"]])
         row["gateway_1w"] = one
         met = None if floor is None else ratio is not None and ratio >= floor
-        return met, f"{_x(ratio)} 1 worker ({fmt(one)})"
+        return met, f"{_x(ratio)} 1 worker ({fmt(one)})" + _where(row["raw"])
 
     return check
+
+
+def _where(raw: list[dict[str, Any]]) -> str:
+    """Where the CPU of the last round went (figures that measured it): seconds per
+    process kind, and how many of the machine's cores were busy."""
+    last = raw[-1] if raw else {}
+    split = last.get("cpu_split_s")
+    if not isinstance(split, dict):
+        return ""
+    parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in split.items())
+    busy = last.get("machine_busy_cores")
+    cores = last.get("machine_cores")
+    return f"; CPU s: {parts}; {busy} of {cores} cores busy"
 
 
 ROWS: tuple[RowSpec, ...] = (

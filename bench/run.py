@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
         "--only", metavar="FIG[,FIG]", help="run only these figures: " + ", ".join(names)
     )
     parser.add_argument(
+        "--skip",
+        metavar="FIG[,FIG]",
+        help="leave these figures out, e.g. --skip sessions (the ~4 minute hold of 9,000)",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "bench" / "results" / "latest.json"), help="JSON output"
     )
     parser.add_argument(
@@ -122,19 +127,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _selected(only: str | None) -> list[str]:
-    if not only:
-        return list(FIGURES)
+def _selected(only: str | None, skip: str | None = None) -> list[str]:
+    chosen = _figures(only) if only else list(FIGURES)
+    left_out = _figures(skip) if skip else []
+    return [f for f in FIGURES if f in chosen and f not in left_out]
+
+
+def _figures(names: str) -> list[str]:
+    """Figure or row names (comma-separated) as figure names."""
     by_row = {spec.key: spec.figure for spec in ROWS}
     chosen: list[str] = []
-    for name in only.split(","):
+    for name in names.split(","):
         name = name.strip()
         figure = name if name in FIGURES else by_row.get(name)
         if figure is None:
             raise SystemExit(f"python -m bench: unknown figure {name!r}")
         if figure not in chosen:
             chosen.append(figure)
-    return [f for f in FIGURES if f in chosen]
+    return chosen
 
 
 def _log(message: str) -> None:
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = SMOKE if args.smoke else FULL
     rounds = 1 if args.smoke else max(1, args.rounds)
-    figures = _selected(args.only)
+    figures = _selected(args.only, args.skip)
     gateway_args = shlex.split(args.gateway_args)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
@@ -204,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             upstream_tls_port=tls_port,
             ca_file=tls[1] if tls else None,
             baseline=baseline,
+            services={"upstream": upstream.pid, "authapi": auth.pid},
         )
         results, errors = _measure(bench, figures, rounds, skipped)
         rows = build_rows(results, skipped, smoke=args.smoke)

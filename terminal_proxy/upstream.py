@@ -116,6 +116,10 @@ class Dialer:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # No aiohttp timeout: dial() bounds the dial with upstream.dial_timeout. aiohttp's
+            # default (total 5 min) arms a loop timer per request that an upgraded response
+            # never cancels: every dial left one behind for 5 minutes (~0.5 KiB each).
+            timeout=aiohttp.ClientTimeout(total=None),
             response_class=_Response,
             auto_decompress=False,
             trust_env=False,

@@ -4,11 +4,14 @@ An idle session's memory is mostly aiohttp's per-connection state on both legs; 
 gateway drops the parts nobody reads after the upgrade: the upstream's 101 headers and the
 copy of our request's headers (the bearer token among them) in the client response, both
 connections' HTTP parsers, and no attribute of ours un-shares the browser socket's
-``__dict__``. The session must still relay afterwards, both ways, under backpressure too.
+``__dict__``. No aiohttp request timer outlives the dial either (its default total timeout
+armed a 5-minute loop timer per dial that an upgraded response never cancels). The session
+must still relay afterwards, both ways, under backpressure too.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,11 +40,22 @@ async def served(auth_api: FakeAuthApi, kube: Kube, secret: bytes) -> AsyncItera
 
 
 async def test_open_session_keeps_no_handshake_state(
-    served: web.AppRunner, auth_api: FakeAuthApi, kube: Kube, browser: aiohttp.ClientSession
+    served: web.AppRunner, auth_api: FakeAuthApi, kube: Kube
 ) -> None:
     auth_api.channel = gitlab_channel(kube, command=["cat"], tty=False)
     host, port = served.addresses[0][:2]
-    term = await open_term(browser, f"http://{host}:{port}{ENV_PATH}", "terminal.gitlab.com")
+    # A browser without aiohttp's request timer, so any left on the loop is the gateway's.
+    browser = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+    try:
+        await _check(served, kube, browser, f"http://{host}:{port}{ENV_PATH}")
+    finally:
+        await browser.close()
+
+
+async def _check(
+    served: web.AppRunner, kube: Kube, browser: aiohttp.ClientSession, url: str
+) -> None:
+    term = await open_term(browser, url, "terminal.gitlab.com")
     await kube.next_session()
     await term.send_stdin(b"before")
     await term.read_until(b"before")
@@ -57,6 +71,15 @@ async def test_open_session_keeps_no_handshake_state(
     browser_socket: Any = session.browser
     assert browser_socket._req.protocol._parser is None
     assert "max_message_size" not in vars(browser_socket)
+
+    scheduled: list[asyncio.TimerHandle] = getattr(asyncio.get_running_loop(), "_scheduled", [])
+    request_timers = [
+        handle
+        for handle in scheduled
+        if not handle.cancelled()
+        and type(getattr(handle._callback, "__self__", None)).__name__ == "TimeoutHandle"  # type: ignore[attr-defined]
+    ]
+    assert not request_timers
 
     # Both ways still work, a burst that makes reading pause and resume included.
     burst = bytes(range(256)) * 256  # 64 KiB

@@ -26,7 +26,7 @@ from .errors import UpstreamDialFailed, UpstreamTimeout
 from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
 from .session.sockets import set_pong_timeout
 
-__all__ = ["Dialer", "Upstream"]
+__all__ = ["BodyReadingResponse", "Dialer", "HandshakeRejected", "Upstream"]
 
 log = logging.getLogger("terminal_proxy.upstream")
 
@@ -36,15 +36,24 @@ _ERROR_BODY_LIMIT = 16 * 1024
 class HandshakeRejected(Exception):
     """The upstream answered the upgrade with an HTTP status instead of 101."""
 
-    def __init__(self, status: int, reason: str, content_type: str, body: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.reason = reason
         self.content_type = content_type
         self.body = body
+        # The answer's headers, for a caller that passes the refusal on (forwarding).
+        self.headers = headers
 
 
-class _Response(aiohttp.ClientResponse):
+class BodyReadingResponse(aiohttp.ClientResponse):
     """Reads a bounded error body when the upgrade is refused.
 
     aiohttp's ws_connect closes a non-101 response without reading it, and the
@@ -64,7 +73,11 @@ class _Response(aiohttp.ClientResponse):
             except (TimeoutError, aiohttp.ClientError):
                 pass
             raise HandshakeRejected(
-                self.status, self.reason or "", self.headers.get("Content-Type", ""), body
+                self.status,
+                self.reason or "",
+                self.headers.get("Content-Type", ""),
+                body,
+                tuple(self.headers.items()),
             )
         return response
 
@@ -91,7 +104,7 @@ class Dialer:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector,
-            response_class=_Response,
+            response_class=BodyReadingResponse,
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("User-Agent",),

@@ -189,9 +189,10 @@ class ClusterConfig:
     internal_url: str = ""
     # The other replicas' internal URLs by replica id (a static directory).
     peers: tuple[tuple[str, str], ...] = ()
-    # Shared key (base64, 32 bytes) signing replica-to-replica requests; required when
-    # internal_listen or peers is set.
+    # Shared key (base64, 32 bytes) signing replica-to-replica requests, from a file or an
+    # environment variable; required when internal_listen or peers is set.
     secret_file: str | None = None
+    secret_env: str | None = None
     secret: Secret | None = None
 
     @property

@@ -118,11 +118,19 @@ def _finish_tls(
 def _finish_cluster(
     reader: _Reader, cluster: ClusterConfig, nodes: Mapping[str, Node], key: str, node: Node | None
 ) -> ClusterConfig:
-    if cluster.secret_file is not None:
+    if cluster.secret_file is not None and cluster.secret_env is not None:
+        reader.report(
+            nodes["secret_env"], _join(key, "secret_env"), "set either secret_file or secret_env"
+        )
+    elif cluster.secret_file is not None or cluster.secret_env is not None:
+        where = "secret_file" if cluster.secret_file is not None else "secret_env"
         try:
-            secret = _read_secret_file(cluster.secret_file)
+            if cluster.secret_file is not None:
+                secret = _read_secret_file(cluster.secret_file)
+            else:
+                secret = _read_secret_env(str(cluster.secret_env), reader.environ)
         except ValueError as exc:
-            reader.report(nodes.get("secret_file", node), _join(key, "secret_file"), str(exc))
+            reader.report(nodes[where], _join(key, where), str(exc))
         else:
             cluster = dataclasses.replace(cluster, secret=secret)
     elif cluster.internal_listen is not None or cluster.peers:
@@ -130,7 +138,7 @@ def _finish_cluster(
             node,
             _join(key, "secret_file"),
             "is required when internal_listen or peers is set (it signs replica-to-replica "
-            "requests)",
+            "requests; or secret_env)",
         )
     return cluster
 
@@ -346,6 +354,7 @@ _CONFIG: Final = _Section(
                 "internal_url": _scalar(_parse_internal_url),
                 "peers": _scalar(_parse_peers),
                 "secret_file": _scalar(_optional_text),
+                "secret_env": _scalar(_env_name),
             },
             _finish_cluster,
         ),

@@ -723,7 +723,8 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging, limits, tls, metrics, cluster, audit, recording, kubernetes)",
+        "upstream, browser, session, logging, limits, tls, metrics, cluster, audit, recording, "
+        "kubernetes)",
     ]
 
 

@@ -64,6 +64,7 @@ def build_app(
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_metrics_listener)
+    app.cleanup_ctx.append(_cluster)
     app.on_shutdown.append(drain)
     return app
 
@@ -154,6 +155,56 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """``cluster``: the forwarder (``peers``) and the internal listener (``internal_listen``)
+    for the app's life. Not imported at all without them."""
+    gateway = app[GATEWAY]
+    config = gateway.config
+    cluster = config.cluster
+    if cluster.secret is None or not (cluster.peers or cluster.internal_listen):
+        yield
+        return
+    from contextlib import AsyncExitStack
+
+    from .cluster.directory import StaticDirectory
+    from .cluster.forward import Forwarder
+    from .cluster.internal import internal_listener
+
+    secret = cluster.secret.reveal()
+    async with AsyncExitStack() as stack:
+        if cluster.peers:
+            forwarder = Forwarder(
+                replica_id=config.session.replica_id,
+                secret=secret,
+                directory=StaticDirectory(cluster.peers),
+                timeout=config.limits.handshake_timeout,
+                close_timeout=config.session.close_timeout,
+                max_message_size=config.browser.max_message_size,
+                outcome=lambda outcome: gateway.metrics.forwarded.labels(outcome).inc(),
+            )
+            await forwarder.start()
+            stack.push_async_callback(forwarder.aclose)
+            gateway.forwarder = forwarder
+        if cluster.internal_listen is not None:
+
+            def share(internal: web.Application) -> None:
+                internal[GATEWAY] = gateway
+
+            gateway.internal_url = await stack.enter_async_context(
+                internal_listener(
+                    cluster.internal_listen,
+                    secret=secret,
+                    serve=dispatch,
+                    share=share,
+                    refused=gateway.metrics.forwarded_refused.inc,
+                )
+            )
+        try:
+            yield
+        finally:
+            gateway.forwarder = None
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -53,6 +53,7 @@ __all__ = [
     "PathRejected",
     "ProvisioningFailed",
     "ProvisioningTimeout",
+    "ReplicaUnreachable",
     "RequestRejected",
     "ResumeRefused",
     "UpgradeNotAllowed",
@@ -182,3 +183,9 @@ class UpstreamDialFailed(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class ReplicaUnreachable(GatewayError):
+    """The replica holding a session did not answer a forwarded resume or join."""
+
+    status = 502

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,6 +21,9 @@ from .ratelimit import RateLimiter
 from .registry import Registry
 from .replay import ReplayBudget
 from .upstream import Dialer
+
+if TYPE_CHECKING:
+    from .cluster.forward import Forwarder
 
 __all__ = ["GATEWAY", "Gateway", "Services"]
 
@@ -64,6 +68,10 @@ class Gateway:
     given_authorizer: Authorizer | None = None
     # Set while the app runs (cleanup context); see services().
     running: Services | None = None
+    # cluster.peers: passes resumes and joins of other replicas' sessions to them.
+    forwarder: Forwarder | None = None
+    # Where the internal listener listens ("http://host:port"), once started.
+    internal_url: str | None = None
 
     def services(self) -> Services:
         if self.running is None:

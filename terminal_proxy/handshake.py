@@ -11,6 +11,7 @@ the log line also carries (``errors.py``); a resume (``?resume=``) goes to ``res
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, web
 
 from .authorization import BrowserRequest, Grant, PassBack
-from .config import Config
+from .cluster.signing import FORWARDED_BY
+from .config import Config, IPNetwork
 from .errors import (
     AuthorizationError,
     BadRequestTarget,
@@ -178,7 +180,13 @@ async def _terminal(
         )
     browser = config.browser
     headers = request.headers
-    scheme = request_scheme(request.scheme, request.remote or "", headers, browser.trusted_proxies)
+    # A request another replica forwarded (cluster/internal.py): that replica is a
+    # trusted proxy, its X-Forwarded-For and -Proto carry the browser's.
+    forwarded_by = request.get(FORWARDED_BY)
+    trusted = browser.trusted_proxies
+    if forwarded_by is not None:
+        trusted = (*trusted, *_networks_of(request.remote))
+    scheme = request_scheme(request.scheme, request.remote or "", headers, trusted)
     host = headers.get("Host", "")
     authority = check_host(host, browser.allowed_hosts, scheme)
     check_origin(headers.get("Origin"), browser.allowed_origins, scheme, authority, host)
@@ -189,11 +197,14 @@ async def _terminal(
         query_string=request.query_string,
         headers=request.headers,
         remote=request.remote or "",
-        trusted=config.browser.trusted_proxies,
+        trusted=trusted,
         route=route,
         params=params,
     )
     check_header_values(request.headers)
+    holder = _holder(gateway, request, chosen) if forwarded_by is None else ""
+    if holder:
+        return await _forward(request, gateway, holder, scheme, browser_request, request_id)
     wait = gateway.client_rate.take(client_key(browser_request.client_ip))
     if wait:
         raise LimitReached(
@@ -292,6 +303,51 @@ async def _resume(
     if released is not None:
         await asyncio.shield(released)
     return response
+
+
+def _holder(gateway: Gateway, request: web.Request, chosen: str) -> str:
+    """The replica holding the session a resume (or join) names, when forwarding is on
+    and it is another replica; else ""."""
+    if gateway.forwarder is None or chosen != TERMINAL_PROXY:
+        return ""
+    session_id = request.query.get("resume", "")
+    tag, dot, rest = session_id.partition(".")
+    if not dot or not rest or tag == gateway.config.session.replica_id:
+        return ""
+    return tag if _REPLICA_TAG.fullmatch(tag) else ""
+
+
+async def _forward(
+    request: web.Request,
+    gateway: Gateway,
+    holder: str,
+    scheme: str,
+    browser_request: BrowserRequest,
+    request_id: str,
+) -> web.StreamResponse:
+    """Pass the request to the replica holding its session (cluster/forward.py). It
+    holds a pending-handshake slot here until the holder has answered; it adds no
+    session here (the holder counts it)."""
+    config = gateway.config
+    assert gateway.forwarder is not None
+    gateway.registry.check_capacity(config.limits.max_pending_handshakes, 0)
+    return await gateway.forwarder.forward(
+        request,
+        replica=holder,
+        scheme=scheme,
+        forwarded_for=browser_request.forwarded_for,
+        offered=offered(request.headers),
+        make_socket=lambda chosen: browser_socket(config, chosen or TERMINAL_PROXY),
+        pending=gateway.registry.handshake(resume=True),
+        request_id=request_id,
+    )
+
+
+def _networks_of(remote: str | None) -> tuple[IPNetwork, ...]:
+    try:
+        return (ipaddress.ip_network(remote or ""),)
+    except ValueError:
+        return ()
 
 
 async def _open(

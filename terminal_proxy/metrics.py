@@ -132,6 +132,18 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.forwarded = Counter(
+            "terminal_proxy_forwarded",
+            "Resumes and joins forwarded to the replica holding the session (cluster), by "
+            "outcome: 101, the holder's refusal status, unreachable, unknown_replica.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.forwarded_refused = Counter(
+            "terminal_proxy_internal_refused",
+            "Requests to the internal listener refused: not signed by a replica.",
+            registry=registry,
+        )
         self.resumes = Counter(
             "terminal_proxy_resumes",
             "Resume attempts (?resume=): resumed, or the stop reason that refused it.",

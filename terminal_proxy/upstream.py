@@ -27,7 +27,7 @@ from .errors import UpstreamDialFailed, UpstreamTimeout
 from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
 from .session.sockets import set_pong_timeout
 
-__all__ = ["Dialer", "Upstream"]
+__all__ = ["BodyReadingResponse", "Dialer", "HandshakeRejected", "Upstream"]
 
 log = logging.getLogger("terminal_proxy.upstream")
 
@@ -38,15 +38,24 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class HandshakeRejected(Exception):
     """The upstream answered the upgrade with an HTTP status instead of 101."""
 
-    def __init__(self, status: int, reason: str, content_type: str, body: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.reason = reason
         self.content_type = content_type
         self.body = body
+        # The answer's headers, for a caller that passes the refusal on (forwarding).
+        self.headers = headers
 
 
-class _Response(aiohttp.ClientResponse):
+class BodyReadingResponse(aiohttp.ClientResponse):
     """Reads a bounded error body when the upgrade is refused.
 
     aiohttp's ws_connect closes a non-101 response without reading it, and the
@@ -66,7 +75,11 @@ class _Response(aiohttp.ClientResponse):
             except (TimeoutError, aiohttp.ClientError):
                 pass
             raise HandshakeRejected(
-                self.status, self.reason or "", self.headers.get("Content-Type", ""), body
+                self.status,
+                self.reason or "",
+                self.headers.get("Content-Type", ""),
+                body,
+                tuple(self.headers.items()),
             )
         return response
 
@@ -120,7 +133,7 @@ class Dialer:
             # default (total 5 min) arms a loop timer per request that an upgraded response
             # never cancels: every dial left one behind for 5 minutes (~0.5 KiB each).
             timeout=aiohttp.ClientTimeout(total=None),
-            response_class=_Response,
+            response_class=BodyReadingResponse,
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("User-Agent",),
@@ -188,7 +201,7 @@ class Dialer:
                 detail=f"dialling {where} failed: {type(exc).__name__}: {exc}",
             ) from exc
         response = getattr(ws, "_response", None)
-        if isinstance(response, _Response):  # aiohttp keeps it as ws._response
+        if isinstance(response, BodyReadingResponse):  # aiohttp keeps it as ws._response
             response.release_handshake()
         if self._config.pong_timeout and self._config.ping_interval:
             # aiohttp's pong deadline is half the heartbeat unless told otherwise.

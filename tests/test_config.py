@@ -135,6 +135,12 @@ DEFAULTS = [
     ("tls.cert_file", None),
     ("tls.key_file", None),
     ("metrics.listen", None),
+    ("cluster.internal_listen", None),
+    ("cluster.internal_url", ""),
+    ("cluster.peers", ()),
+    ("cluster.secret_file", None),
+    ("cluster.secret_env", None),
+    ("cluster.secret", None),
     ("audit.enabled", False),
     ("audit.file", None),
     ("recording.routes", ()),
@@ -272,6 +278,11 @@ tls:
   key_file: /etc/tp/tls.key
 metrics:
   listen: 0.0.0.0:9181
+cluster:
+  internal_listen: 0.0.0.0:9100
+  internal_url: http://10.0.0.5:9100
+  peers: {a: "http://10.0.0.5:9100", b: "http://10.0.0.6:9100"}
+  secret_env: TP_SECRET
 audit:
   enabled: true
   file: /var/log/terminal-proxy/audit.jsonl
@@ -399,6 +410,12 @@ EVERY_KEY = [
     ("tls.cert_file", "/etc/tp/tls.crt"),
     ("tls.key_file", "/etc/tp/tls.key"),
     ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
+    ("cluster.internal_listen", ListenAddress("0.0.0.0", 9100)),
+    ("cluster.internal_url", "http://10.0.0.5:9100"),
+    ("cluster.peers", (("a", "http://10.0.0.5:9100"), ("b", "http://10.0.0.6:9100"))),
+    ("cluster.secret_file", None),
+    ("cluster.secret_env", "TP_SECRET"),
+    ("cluster.secret", Secret.from_base64(KEY_B64)),
     ("audit.enabled", True),
     ("audit.file", "/var/log/terminal-proxy/audit.jsonl"),
     ("recording.routes", ("route1",)),
@@ -706,7 +723,8 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging, limits, tls, metrics, audit, recording, kubernetes)",
+        "upstream, browser, session, logging, limits, tls, metrics, cluster, audit, recording, "
+        "kubernetes)",
     ]
 
 

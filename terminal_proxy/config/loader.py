@@ -105,6 +105,17 @@ def validate_for_serving(config: Config, *, source: str = "config") -> list[Prob
                     f"{tls.key_file!r}: {reason}",
                 )
             )
+    cluster = config.cluster
+    if (cluster.internal_listen is not None or cluster.peers) and not config.session.replica_id:
+        problems.append(
+            Problem(
+                source,
+                None,
+                "session.replica_id",
+                "is required when cluster.internal_listen or cluster.peers is set (session "
+                "ids name the replica that holds them; or give --replica-id)",
+            )
+        )
     if not config.upstream.allowed_hosts and not config.kubernetes.clusters:
         problems.append(
             Problem(

@@ -179,6 +179,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``cluster:``: several replicas serving one set of sessions (docs/cluster.md)."""
+
+    # Where this replica takes requests forwarded by the other replicas (resumes and joins
+    # of its sessions that reached another replica); None: off. Never expose it to browsers.
+    internal_listen: ListenAddress | None = None
+    # How the other replicas reach internal_listen (http://HOST:PORT), for the directory.
+    internal_url: str = ""
+    # The other replicas' internal URLs by replica id (a static directory).
+    peers: tuple[tuple[str, str], ...] = ()
+    # Shared key (base64, 32 bytes) signing replica-to-replica requests, from a file or an
+    # environment variable; required when internal_listen or peers is set.
+    secret_file: str | None = None
+    secret_env: str | None = None
+    secret: Secret | None = None
+
+    @property
+    def forwarding(self) -> bool:
+        """Requests for other replicas' sessions are forwarded (else answered 404 here)."""
+        return bool(self.peers)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     # One JSON line per session open and end.
     enabled: bool = False
@@ -311,6 +334,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 

@@ -226,6 +226,39 @@ def _parse_backend(value: object) -> str | None:
     return url.rstrip("/")
 
 
+def _parse_internal_url(value: object) -> str:
+    """A replica's internal URL: ``http(s)://HOST:PORT``, nothing after the authority."""
+    url = _text(value, "a URL")
+    parts = urlsplit(url)
+    bad = f"invalid internal URL {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{bad} (must be http://HOST:PORT or https://HOST:PORT)")
+    if _normalize_host(parts.hostname) is None or "@" in parts.netloc:
+        raise ValueError(f"{bad} (no valid host)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{bad} (must not have a path, query or fragment)")
+    try:
+        parts.port  # noqa: B018  (raises for a bad port)
+    except ValueError:
+        raise ValueError(f"{bad} (invalid port)") from None
+    return url.rstrip("/")
+
+
+def _parse_peers(value: object) -> tuple[tuple[str, str], ...]:
+    """``cluster.peers``: replica id -> internal URL."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of replica ids to internal URLs")
+    peers = []
+    for replica, url in value.items():
+        name = parse_replica_id(replica)
+        if not name:
+            raise ValueError("a peer needs a replica id")
+        peers.append((name, _parse_internal_url(url)))
+    return tuple(sorted(peers))
+
+
 def _read_secret_file(path: str) -> Secret:
     try:
         with open(path, "rb") as file:

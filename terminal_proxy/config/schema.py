@@ -16,6 +16,7 @@ from .model import (
     AuditConfig,
     AuthorizationConfig,
     BrowserConfig,
+    ClusterConfig,
     Config,
     LimitsConfig,
     LoggingConfig,
@@ -38,10 +39,12 @@ from .parsers import (
     _parse_backend,
     _parse_browser_host,
     _parse_host_pattern,
+    _parse_internal_url,
     _parse_listen,
     _parse_network,
     _parse_origin,
     _parse_pattern,
+    _parse_peers,
     _parse_route_name,
     _read_secret_env,
     _read_secret_file,
@@ -110,6 +113,34 @@ def _finish_tls(
             nodes.get(present, node), _join(key, missing), f"is required when {present} is set"
         )
     return tls
+
+
+def _finish_cluster(
+    reader: _Reader, cluster: ClusterConfig, nodes: Mapping[str, Node], key: str, node: Node | None
+) -> ClusterConfig:
+    if cluster.secret_file is not None and cluster.secret_env is not None:
+        reader.report(
+            nodes["secret_env"], _join(key, "secret_env"), "set either secret_file or secret_env"
+        )
+    elif cluster.secret_file is not None or cluster.secret_env is not None:
+        where = "secret_file" if cluster.secret_file is not None else "secret_env"
+        try:
+            if cluster.secret_file is not None:
+                secret = _read_secret_file(cluster.secret_file)
+            else:
+                secret = _read_secret_env(str(cluster.secret_env), reader.environ)
+        except ValueError as exc:
+            reader.report(nodes[where], _join(key, where), str(exc))
+        else:
+            cluster = dataclasses.replace(cluster, secret=secret)
+    elif cluster.internal_listen is not None or cluster.peers:
+        reader.report(
+            node,
+            _join(key, "secret_file"),
+            "is required when internal_listen or peers is set (it signs replica-to-replica "
+            "requests; or secret_env)",
+        )
+    return cluster
 
 
 def _finish_route(
@@ -316,6 +347,17 @@ _CONFIG: Final = _Section(
             _finish_tls,
         ),
         "metrics": _Section(MetricsConfig, {"listen": _scalar(_optional_listen)}),
+        "cluster": _Section(
+            ClusterConfig,
+            {
+                "internal_listen": _scalar(_optional_listen),
+                "internal_url": _scalar(_parse_internal_url),
+                "peers": _scalar(_parse_peers),
+                "secret_file": _scalar(_optional_text),
+                "secret_env": _scalar(_env_name),
+            },
+            _finish_cluster,
+        ),
         "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
         "recording": _Section(
             RecordingConfig,

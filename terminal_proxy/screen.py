@@ -389,7 +389,7 @@ class ScreenModel:
             if final in "JK":
                 self._erase(final, args[0] if args else 0)
             return
-        if final != "b":
+        if final not in "bJKX":  # (erases at a pending wrap differ: _erase)
             self._clamp_x()
         if final == "H" or final == "f":
             s.cursor_position(args[0] if args else None, args[1] if len(args) > 1 else None)
@@ -413,7 +413,8 @@ class ScreenModel:
         elif final in "JK":
             self._erase(final, args[0] if args else 0)
         elif final == "X":
-            self._with_erase_pen(s.erase_characters, n)
+            if s.cursor.x < s.columns:
+                self._with_erase_pen(s.erase_characters, n)
         elif final == "@":
             s.insert_characters(n)
         elif final == "P":
@@ -591,12 +592,12 @@ class ScreenModel:
         columns = s.columns
         cells = self._cell_cache
         if cells.attrs is not cursor.attrs:
-            cells = self._cell_caches.get(cursor.attrs)
-            if cells is None:
+            known = self._cell_caches.get(cursor.attrs)
+            if known is None:
                 if len(self._cell_caches) >= 256:
                     self._cell_caches.clear()
-                cells = self._cell_caches[cursor.attrs] = _CellCache(cursor.attrs)
-            self._cell_cache = cells
+                known = self._cell_caches[cursor.attrs] = _CellCache(cursor.attrs)
+            cells = self._cell_cache = known
         pos, n = 0, len(text)
         while pos < n:
             if cursor.x >= columns:
@@ -609,10 +610,18 @@ class ScreenModel:
                 line[x - 1] = line[x - 1]._replace(data=" ")  # a wide character loses its half
             if end < columns and line[end].data == "":
                 line[end] = line[end]._replace(data=" ")
-            line.update(zip(range(x, end), map(cells.__getitem__, text[pos : pos + end - x])))
+            run = text[pos : pos + end - x]
+            line.update(zip(range(x, end), map(cells.__getitem__, run), strict=True))
             pos += end - x
             cursor.x = end
         self._last = text[-1]
+
+    def _fill_line(self, line: Any) -> None:
+        bg = self._s.cursor.attrs.bg
+        if bg != "default":
+            blank = BLANK._replace(bg=bg)
+            for x in range(self._s.columns):
+                line[x] = blank
 
     def _clamp_x(self) -> None:
         if self._s.cursor.x >= self._s.columns:
@@ -630,12 +639,25 @@ class ScreenModel:
 
     def _erase(self, final: str, how: int) -> None:
         s = self._s
+        if how == 0 and s.cursor.x >= s.columns:
+            # A pending wrap erases nothing on its line (xterm.js), only the lines below.
+            if final == "J":
+                for y in range(s.cursor.y + 1, s.lines):
+                    s.buffer[y].clear()
+                    self._fill_line(s.buffer[y])
+            return
         self._clamp_x()
         if final == "K":
             if how in (0, 1, 2):
                 self._with_erase_pen(s.erase_in_line, how)
         elif how in (0, 1, 2):
-            self._with_erase_pen(s.erase_in_display, how)
+            # (pyte's erase_in_display rewrites only the cells a line already has)
+            lines = range(s.cursor.y + 1, s.lines) if how == 0 else range(s.cursor.y)
+            for y in range(s.lines) if how == 2 else lines:
+                s.buffer[y].clear()
+                self._fill_line(s.buffer[y])
+            if how != 2:
+                self._with_erase_pen(s.erase_in_line, how)
         elif how == 3:
             pass  # scrollback only
 

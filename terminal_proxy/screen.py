@@ -23,7 +23,7 @@ import codecs
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import pyte
 from pyte import charsets as cs
@@ -31,61 +31,13 @@ from pyte import modes as mo
 from pyte.screens import Margins, Savepoint
 from wcwidth import wcwidth
 
+from terminal_proxy.screen_cells import BLANK, Cell, apply_sgr, sgr
+
 __all__ = ["Cell", "ScreenModel"]
-
-
-class Cell(NamedTuple):
-    """One cell: pyte's Char fields plus dim and hidden. Colours: "default", "0".."255"
-    (palette index) or "#rrggbb" (truecolor)."""
-
-    data: str
-    fg: str = "default"
-    bg: str = "default"
-    bold: bool = False
-    italics: bool = False
-    underscore: bool = False
-    strikethrough: bool = False
-    reverse: bool = False
-    blink: bool = False
-    dim: bool = False
-    hidden: bool = False
-
-
-BLANK = Cell(" ")
 
 # Private modes (xterm numbers) kept and reproduced by snapshot(), besides 6, 7 and 25.
 _FLAG_MODES = (1, 66, 1000, 1002, 1003, 1004, 1005, 1006, 1015, 1016, 2004)
 _ALT_MODES = (47, 1047, 1049)
-_IGNORED_PRIVATE = (3, 5)  # DECCOLM (xterm.js ignores it by default), DECSCNM
-_SGR_FLAGS: dict[int, tuple[str, bool]] = {
-    1: ("bold", True),
-    2: ("dim", True),
-    3: ("italics", True),
-    4: ("underscore", True),
-    5: ("blink", True),
-    7: ("reverse", True),
-    8: ("hidden", True),
-    9: ("strikethrough", True),
-    21: ("underscore", True),
-    22: ("bold", False),
-    23: ("italics", False),
-    24: ("underscore", False),
-    25: ("blink", False),
-    27: ("reverse", False),
-    28: ("hidden", False),
-    29: ("strikethrough", False),
-}
-_FLAG_SGR = (
-    ("bold", 1),
-    ("dim", 2),
-    ("italics", 3),
-    ("underscore", 4),
-    ("blink", 5),
-    ("reverse", 7),
-    ("hidden", 8),
-    ("strikethrough", 9),
-)
-
 # One token of output. Text is everything but C0/C1 controls; escape sequences are matched
 # whole (an incomplete one at the end of a feed() waits for the next).
 _TOKEN = re.compile(
@@ -244,7 +196,7 @@ class ScreenModel:
             top = s.margins.top if s.margins else 0
             out.append("\x1b[?6h")
         self._place(s.buffer, cursor.x, cursor.y, top, out)
-        out.append(_sgr(cursor.attrs))
+        out.append(sgr(cursor.attrs))
         if mo.IRM in s.mode:
             out.append("\x1b[4h")
         if mo.LNM in s.mode:
@@ -455,49 +407,7 @@ class ScreenModel:
                 s.cursor.x = stops.pop() if stops else 0
 
     def _sgr(self, params: str) -> None:
-        s = self._s
-        attrs: Cell = s.cursor.attrs
-        parts = params.split(";") if params else ["0"]
-        i = 0
-        while i < len(parts):
-            part = parts[i]
-            i += 1
-            sub = part.split(":")
-            try:
-                code = int(sub[0] or 0)
-            except ValueError:
-                continue
-            if code == 0:
-                attrs = BLANK
-            elif code in _SGR_FLAGS:
-                name, on = _SGR_FLAGS[code]
-                if code == 4 and len(sub) > 1 and sub[1] == "0":
-                    on = False
-                attrs = _with(attrs, name, on)
-                if code == 22:
-                    attrs = attrs._replace(dim=False)
-            elif 30 <= code <= 37:
-                attrs = attrs._replace(fg=str(code - 30))
-            elif 40 <= code <= 47:
-                attrs = attrs._replace(bg=str(code - 40))
-            elif 90 <= code <= 97:
-                attrs = attrs._replace(fg=str(code - 90 + 8))
-            elif 100 <= code <= 107:
-                attrs = attrs._replace(bg=str(code - 100 + 8))
-            elif code == 39:
-                attrs = attrs._replace(fg="default")
-            elif code == 49:
-                attrs = attrs._replace(bg="default")
-            elif code in (38, 48):
-                if len(sub) > 1:
-                    rest = sub[1:]
-                else:
-                    rest = parts[i : i + 4] if parts[i : i + 1] == ["2"] else parts[i : i + 2]
-                    i += len(rest)
-                colour = _colour(rest)
-                if colour is not None:
-                    attrs = _with(attrs, "fg" if code == 38 else "bg", colour)
-        s.cursor.attrs = attrs
+        self._s.cursor.attrs = apply_sgr(self._s.cursor.attrs, params)
 
     def _modes(self, args: list[int], private: bool, on: bool) -> None:
         s = self._s
@@ -814,7 +724,7 @@ class ScreenModel:
             while x <= last:
                 cell = row[x]
                 if cell != pen and cell._replace(data="") != pen._replace(data=""):
-                    out.append(_sgr(cell))
+                    out.append(sgr(cell))
                     pen = cell
                 if cell.data == "":
                     x += 1
@@ -836,7 +746,7 @@ class ScreenModel:
             out.append(f"\x1b[{y - top + 1};{last}H")
             last -= 1
         cell = line[last]
-        out.append(_sgr(cell) + (cell.data or " "))
+        out.append(sgr(cell) + (cell.data or " "))
 
     def _emit_saved(
         self,
@@ -853,7 +763,7 @@ class ScreenModel:
             top = margins.top if margins else 0
             out.append("\x1b[?6h")
         self._place(buffer, c.x, c.y, top, out)
-        out.append(_sgr(cast(Cell, c.attrs)))
+        out.append(sgr(cast(Cell, c.attrs)))
         graphics = saved.g0_charset is cs.VT100_MAP
         out.append(("\x1b(0" if graphics else "") + ("\x0e" if saved.charset else "") + save)
         out.append(("\x1b(B" if graphics else "") + ("\x0f" if saved.charset else "") + "\x1b[0m")
@@ -861,47 +771,8 @@ class ScreenModel:
             out.append("\x1b[?6l")
 
 
-def _with(cell: Cell, name: str, value: Any) -> Cell:
-    changes: dict[str, Any] = {name: value}
-    return cell._replace(**changes)
-
-
 def _width(char: str) -> int:
     return 1 if char < "\u0300" else max(wcwidth(char[0]), 1)
-
-
-def _colour(rest: list[str]) -> str | None:
-    try:
-        if rest and rest[0] == "5" and len(rest) >= 2:
-            index = int(rest[1])
-            return str(index) if 0 <= index <= 255 else None
-        if rest and rest[0] == "2":
-            values = [int(v) for v in rest[1:] if v != ""][-3:]
-            if len(values) == 3 and all(0 <= v <= 255 for v in values):
-                return "#{:02x}{:02x}{:02x}".format(*values)
-    except ValueError:
-        return None
-    return None
-
-
-def _sgr(cell: Cell) -> str:
-    codes = ["0"]
-    codes.extend(str(code) for name, code in _FLAG_SGR if getattr(cell, name))
-    for colour, base in ((cell.fg, 38), (cell.bg, 48)):
-        if colour == "default":
-            continue
-        if colour.startswith("#"):
-            r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-            codes.append(f"{base};2;{r};{g};{b}")
-        else:
-            index = int(colour)
-            if index < 8:
-                codes.append(str(base - 8 + index))
-            elif index < 16:
-                codes.append(str(base + 52 + index - 8))
-            else:
-                codes.append(f"{base};5;{index}")
-    return "\x1b[" + ";".join(codes) + "m"
 
 
 def _saved_state(saved: Savepoint | None) -> Any:

@@ -132,6 +132,17 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.joins = Counter(
+            "terminal_proxy_joins",
+            "Joins of shared terminals (?join=), by outcome: joined, or why not.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.participants = Gauge(
+            "terminal_proxy_participants",
+            "Participants (viewers and writers, not owners) of shared sessions now.",
+            registry=registry,
+        )
         self.resumes = Counter(
             "terminal_proxy_resumes",
             "Resume attempts (?resume=): resumed, or the stop reason that refused it.",

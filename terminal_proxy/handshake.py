@@ -36,6 +36,7 @@ from .errors import (
     UpstreamError,
 )
 from .gateway import GATEWAY, Gateway, Services
+from .join import join_session, take_part
 from .metrics import dial_failure_reason
 from .observability import ended_fields, opened_fields
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
@@ -216,10 +217,14 @@ async def _terminal(
     services = gateway.services()
     limits = config.limits
     registry = gateway.registry
-    resume = request.query.get("resume", "") if chosen == TERMINAL_PROXY else ""
+    query = request.query
+    # A resume or join of a session living here adds no session.
+    resume = query.get("resume") or query.get("join") or "" if chosen == TERMINAL_PROXY else ""
     registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions, resume=resume)
     if chosen == TERMINAL_PROXY and "resume" in request.query:
         return await _resume(request, gateway, services, route, request_id, browser_request)
+    if "join" in request.query:
+        return await _join(request, gateway, services, route, request_id, browser_request, chosen)
     started = time.monotonic()
     gateway.metrics.handshakes_pending.inc()
     try:
@@ -261,6 +266,9 @@ async def _terminal(
         if tap is not None:
             fields["recording"] = tap.name
             session.recording = tap
+    session.audit = services.audit.emit
+    session.max_participants = config.limits.max_participants
+    session.participants_counted = gateway.metrics.participants.inc
     session_log.info("session opened", extra={"fields": fields})
     services.audit.emit("session_open", fields)
     gateway.metrics.handshakes.labels("101").inc()
@@ -310,7 +318,7 @@ def _holder(gateway: Gateway, request: web.Request, chosen: str) -> str:
     and it is another replica; else ""."""
     if gateway.forwarder is None or chosen != TERMINAL_PROXY:
         return ""
-    session_id = request.query.get("resume", "")
+    session_id = request.query.get("resume") or request.query.get("join") or ""
     tag, dot, rest = session_id.partition(".")
     if not dot or not rest or tag == gateway.config.session.replica_id:
         return ""
@@ -348,6 +356,34 @@ def _networks_of(remote: str | None) -> tuple[IPNetwork, ...]:
         return (ipaddress.ip_network(remote or ""),)
     except ValueError:
         return ()
+
+
+async def _join(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    route: str,
+    request_id: str,
+    browser_request: BrowserRequest,
+    chosen: str,
+) -> web.StreamResponse:
+    """``?join=``: a participant of someone else's shared session (join.py). It holds a
+    pending-handshake slot until upgraded or refused; it adds no session."""
+    if chosen != TERMINAL_PROXY:
+        raise NoCommonSubprotocol(f"joining needs the {TERMINAL_PROXY} subprotocol")
+    socket = browser_socket(gateway.config, TERMINAL_PROXY)
+    gateway.metrics.handshakes_pending.inc()
+    try:
+        with gateway.registry.handshake(resume=True):
+            joined = await join_session(
+                request, gateway, services, route, request_id, browser_request, socket
+            )
+    finally:
+        gateway.metrics.handshakes_pending.dec()
+    if isinstance(joined, web.StreamResponse):
+        return joined
+    await take_part(joined)
+    return socket
 
 
 async def _open(

@@ -144,6 +144,17 @@ class Metrics:
             "Requests to the internal listener refused: not signed by a replica.",
             registry=registry,
         )
+        self.joins = Counter(
+            "terminal_proxy_joins",
+            "Joins of shared terminals (?join=), by outcome: joined, or why not.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.participants = Gauge(
+            "terminal_proxy_participants",
+            "Participants (viewers and writers, not owners) of shared sessions now.",
+            registry=registry,
+        )
         self.resumes = Counter(
             "terminal_proxy_resumes",
             "Resume attempts (?resume=): resumed, or the stop reason that refused it.",

@@ -123,6 +123,7 @@ DEFAULTS = [
     ("limits.max_sessions", 0),
     ("limits.max_sessions_per_user", 0),
     ("limits.max_pending_handshakes", 0),
+    ("limits.max_participants", 8),
     ("limits.handshake_timeout", 30.0),
     ("limits.retry_after", 5.0),
     ("limits.request_head_timeout", 10.0),
@@ -264,6 +265,7 @@ limits:
   max_sessions: 5000
   max_sessions_per_user: 20
   max_pending_handshakes: 500
+  max_participants: 3
   handshake_timeout: 0
   retry_after: 30s
   request_head_timeout: 5s
@@ -398,6 +400,7 @@ EVERY_KEY = [
     ("limits.max_sessions", 5000),
     ("limits.max_sessions_per_user", 20),
     ("limits.max_pending_handshakes", 500),
+    ("limits.max_participants", 3),
     ("limits.handshake_timeout", 0.0),
     ("limits.retry_after", 30.0),
     ("limits.request_head_timeout", 5.0),

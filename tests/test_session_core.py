@@ -413,8 +413,8 @@ class FakeLink:
 async def test_the_hub_serves_any_link_output_events_and_the_end() -> None:
     session, _, upstream = make_session()
     viewer, broken = FakeLink(), FakeLink(fail=True)
-    session.links.add(viewer)  # type: ignore[arg-type]
-    session.links.add(broken)  # type: ignore[arg-type]
+    session.links.add(viewer)
+    session.links.add(broken)
     run = asyncio.ensure_future(session.run())
     upstream.feed(b"hello viewers")
     await until(lambda: bytes(viewer.output) == b"hello viewers")

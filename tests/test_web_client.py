@@ -17,15 +17,16 @@ from terminal_proxy.session.stop import CLOSE_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "web" / "src" / "close-codes.js"
+JOIN_LINK = ROOT / "web" / "src" / "join-link.js"
 
 
-def run_js(body: str) -> Any:
+def run_js(body: str, module: Path = MODULE) -> Any:
     """Run ``body`` (an async function body returning JSON-able data) with the module as ``m``."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed (it builds the web page: scripts/build-web)")
     script = (
-        f"const m = await import({json.dumps(MODULE.as_uri())});\n"
+        f"const m = await import({json.dumps(module.as_uri())});\n"
         f"const out = await (async () => {{ {body} }})();\n"
         "process.stdout.write(JSON.stringify(out));\n"
     )
@@ -106,3 +107,32 @@ def test_try_later_closes_set_the_wait() -> None:
         ];"""
     )
     assert waits == [7000, 2500, None, [1013, 4003]]
+
+
+def test_sharing_close_codes_are_worded() -> None:
+    said = run_js(
+        "return [m.describeClose({code: 4012, reason: 'removed by the owner'}),"
+        " m.describeClose({code: 4013, reason: 'sharing ended by the owner'}),"
+        " m.describeClose({code: 4009, reason: 'join refused: invalid token'}),"
+        " m.describeClose({code: 4009, reason: 'resume refused: invalid token'})];"
+    )
+    assert said == [
+        "removed by the owner",
+        "sharing ended by the owner",
+        "join refused: the invitation link is not valid",
+        "this terminal's resume token is no longer valid",
+    ]
+
+
+def test_join_link_round_trip() -> None:
+    """The token travels in the fragment only; session ids with dots survive."""
+    link, parsed, bad = run_js(
+        "const link = m.joinLink('https://gw.example/demo/?x=1#old',"
+        " {session: 'r1.s-abc', invitation: 'i-9', token: 'tok_-A'});"
+        " return [link, m.parseJoinFragment(new URL(link).hash),"
+        " ['', '#join=a.b', '#x=1'].map(m.parseJoinFragment)];",
+        JOIN_LINK,
+    )
+    assert link == "https://gw.example/demo/?x=1#join=r1.s-abc.i-9.tok_-A"
+    assert parsed == {"session": "r1.s-abc", "invitation": "i-9", "token": "tok_-A"}
+    assert bad == [None, None, None]

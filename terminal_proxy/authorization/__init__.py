@@ -19,6 +19,9 @@ __all__ = [
     "Extender",
     "Extension",
     "Grant",
+    "JoinAuthorizer",
+    "JoinGrant",
+    "JoinRequest",
     "PassBack",
     "RecordingRequest",
     "extend_by",
@@ -99,6 +102,46 @@ class Authorizer(Protocol):
 
     async def aclose(self) -> None:
         """Release pooled connections."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A browser asks to join a live session (docs/sharing.md): whose, and through which
+    invitation (None: a policy join, the authorization alone decides the role)."""
+
+    session: str
+    owner: str | None
+    invitation: str | None = None
+
+    def document(self) -> dict[str, str | None]:
+        """The ``join`` object of the native contract's request (header and JWT claim)."""
+        doc: dict[str, str | None] = {"session": self.session, "owner": self.owner}
+        if self.invitation is not None:
+            doc["invitation"] = self.invitation
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class JoinGrant:
+    """The authorization lets the user join: ``role`` "viewer" or "writer", or None when
+    it names none (enough for an invitation join, whose invitation names the role)."""
+
+    role: str | None
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class JoinAuthorizer(Protocol):
+    """An authorizer that decides joins of shared terminals. Routes whose authorizer is
+    not one refuse joins (403)."""
+
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        """Decide whether ``request`` may join; raise AuthorizationError subclasses when
+        the decision cannot be made."""
         ...
 
 

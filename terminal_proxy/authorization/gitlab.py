@@ -12,7 +12,7 @@ from typing import Any
 
 from ..channel import ConnectionDetails
 from ..errors import InvalidAuthorization
-from . import Grant
+from . import BrowserRequest, Grant, JoinGrant, JoinRequest, PassBack, passback
 from .http import HttpAuthorizer, load_json, media_type
 
 __all__ = ["CONTENT_TYPE", "GitLabAuthorizer"]
@@ -36,6 +36,12 @@ class GitLabAuthorizer(HttpAuthorizer):
 
     def extra_headers(self) -> list[tuple[str, str]]:
         return [("Gitlab-Workhorse", self._config.workhorse_version)]
+
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        """GitLab's contract has no way to ask about a join: refused, without asking."""
+        return passback(403, "joining is not supported on GitLab-contract routes")
 
     def parse(self, content_type: str, body: bytes) -> Grant:
         if media_type(content_type) != CONTENT_TYPE:

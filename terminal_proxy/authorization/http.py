@@ -26,9 +26,12 @@ from ..errors import (
     InvalidAuthorization,
     PathRejected,
 )
-from . import BrowserRequest, Grant, PassBack
+from . import BrowserRequest, Grant, JoinGrant, JoinRequest, PassBack
 
-__all__ = ["HttpAuthorizer", "forwardable_headers", "new_client"]
+__all__ = ["JOIN_HEADER", "HttpAuthorizer", "forwardable_headers", "new_client"]
+
+# A join's description on the authorize request (docs/authorization-api.md).
+JOIN_HEADER = "Terminal-Proxy-Join"
 
 # RFC 9110 hop-by-hop headers plus body headers that make no sense on a GET
 # (Workhorse's list, and Proxy-Connection which some clients still send).
@@ -126,16 +129,20 @@ class HttpAuthorizer(abc.ABC):
     async def aclose(self) -> None:
         await self._client.close()
 
-    def signed_headers(self) -> list[tuple[str, str]]:
+    def signed_headers(self, claims: dict[str, Any] | None = None) -> list[tuple[str, str]]:
         """Headers identifying the gateway to the web app.
 
         ``iat`` has a resolution of one second, so the token is signed once per second
-        and reused within it (signing is a visible part of a session's set-up cost).
+        and reused within it (signing is a visible part of a session's set-up cost);
+        a token with ``claims`` (a join's) is signed for its request alone.
         """
         secret = self._config.secret
         if secret is None:
             return []
         now = int(time.time())
+        if claims:
+            payload = {"iss": self.jwt_issuer, "iat": now, **claims}
+            return [(self.jwt_header, jwt.encode(payload, secret.reveal(), "HS256"))]
         if self._jwt is None or self._jwt[0] != now:
             token = jwt.encode({"iss": self.jwt_issuer, "iat": now}, secret.reveal(), "HS256")
             self._jwt = (now, token)
@@ -167,7 +174,9 @@ class HttpAuthorizer(abc.ABC):
 
     async def authorize(self, request: BrowserRequest) -> Grant | PassBack:
         async with self._slots:
-            return await self._ask(request)
+            answer = await self._ask(request)
+        assert not isinstance(answer, JoinGrant)
+        return answer
 
     async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
         # The web app is asked the very same question again (Workhorse's auth checker).
@@ -177,7 +186,9 @@ class HttpAuthorizer(abc.ABC):
         try:
             async with asyncio.timeout(self._config.timeout):
                 async with self._repoll_slots, self._slots:
-                    return await self._ask(request)
+                    answer = await self._ask(request)
+                    assert not isinstance(answer, JoinGrant)
+                    return answer
         except TimeoutError:
             raise AuthorizationTimeout(
                 "authorization API timed out",
@@ -185,12 +196,29 @@ class HttpAuthorizer(abc.ABC):
                 "(waiting for a connection, the answer and its body together)",
             ) from None
 
-    async def _ask(self, request: BrowserRequest) -> Grant | PassBack:
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        """A join of a shared terminal: the authorize request with the join described
+        (``Terminal-Proxy-Join`` header and JWT claim); a 200 names the role."""
+        async with self._slots:
+            answer = await self._ask(request, join)
+        assert not isinstance(answer, Grant)
+        return answer
+
+    async def _ask(
+        self, request: BrowserRequest, join: JoinRequest | None = None
+    ) -> Grant | JoinGrant | PassBack:
         # Header values go as UTF-8, byte for byte what the browser sent (the gateway
         # refuses a request whose headers are not UTF-8 before it gets here).
         headers = forwardable_headers(request.headers)
         headers += self.extra_headers()
-        headers += self.signed_headers()
+        if join is None:
+            headers += self.signed_headers()
+        else:
+            document = join.document()
+            headers += [(JOIN_HEADER, json.dumps(document, separators=(",", ":")))]
+            headers += self.signed_headers({"join": document})
         limit = self._config.max_response_body
         try:
             async with self._client.get(
@@ -223,6 +251,8 @@ class HttpAuthorizer(abc.ABC):
                 (n, v) for n, v in answer_headers.items() if n.lower() not in _DROP_FROM_ANSWER
             )
             return PassBack(status, kept, bytes(body))
+        if join is not None:
+            return self.parse_join(answer_headers.get("content-type", ""), bytes(body))
         return self.parse(answer_headers.get("content-type", ""), bytes(body))
 
     def extra_headers(self) -> list[tuple[str, str]]:
@@ -231,6 +261,10 @@ class HttpAuthorizer(abc.ABC):
     @abc.abstractmethod
     def parse(self, content_type: str, body: bytes) -> Grant:
         """Turn a 200 answer into a Grant or raise InvalidAuthorization."""
+
+    def parse_join(self, content_type: str, body: bytes) -> JoinGrant:
+        """Turn a 200 answer to a join into a JoinGrant or raise InvalidAuthorization."""
+        raise InvalidAuthorization("this contract does not describe joins")
 
 
 # Deepest nesting of an answer's JSON (the contracts need 4 levels): deeper documents are

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..channel import ConnectionDetails
 from ..errors import InvalidAuthorization
-from . import Grant, RecordingRequest
+from . import Grant, JoinGrant, RecordingRequest
 from .http import HttpAuthorizer, load_json, media_type
 
 __all__ = ["NativeAuthorizer"]
@@ -25,6 +25,8 @@ _NAMES = {
 }
 _CONNECTION_KEYS = frozenset(_NAMES)
 _TOP_KEYS = frozenset({"version", "user", "connection", "recording"})
+# An answer to a join (docs/authorization-api.md, "Joins"): who, and as what.
+_JOIN_KEYS = frozenset({"version", "user", "role"})
 
 
 def _bad(name: str, why: str) -> InvalidAuthorization:
@@ -74,6 +76,27 @@ class NativeAuthorizer(HttpAuthorizer):
         user, groups = _user(doc.get("user"))
         recording = _recording(doc.get("recording"))
         return Grant(details, user=user, groups=groups, recording=recording)
+
+    def parse_join(self, content_type: str, body: bytes) -> JoinGrant:
+        if media_type(content_type) != "application/json":
+            raise InvalidAuthorization(
+                f"authorization API answered 200 with content type "
+                f"{media_type(content_type) or 'none'!r}, expected application/json"
+            )
+        doc = load_json(body)
+        if not isinstance(doc, dict):
+            raise _bad("(document)", "must be a JSON object")
+        for key in doc:
+            if key not in _JOIN_KEYS:
+                raise _bad(str(key), "is not a known field of an answer to a join")
+        version = doc.get("version", 1)
+        if isinstance(version, bool) or version != 1:
+            raise _bad("version", "must be 1")
+        role = doc.get("role")
+        if role is not None and role not in ("viewer", "writer"):
+            raise _bad("role", "must be 'viewer' or 'writer'")
+        user, groups = _user(doc.get("user"))
+        return JoinGrant(role, user=user, groups=groups)
 
 
 def _recording(value: Any) -> RecordingRequest | None:

@@ -15,6 +15,8 @@ Policy (YAML)::
         token_sha256: "<hex SHA-256 of alice's login token>"   # optional
         terminals: ['^/demo/terminal\\.ws$']                     # path regexes; default: any
         command: [bash, -l]                                       # default: the server's
+        join: viewer                  # policy joins of others' terminals: viewer or writer;
+                                      # default: none (invitations still work)
     max_session_time: 1h                                          # 0: no limit
 """
 
@@ -35,7 +37,7 @@ import yaml
 from ..channel import ConnectionDetails
 from ..sessionserver.server import SessionLimitError
 from ..units import parse_duration
-from . import BrowserRequest, Grant, PassBack
+from . import BrowserRequest, Grant, JoinGrant, JoinRequest, PassBack
 
 __all__ = ["COOKIE", "Policy", "PolicyError", "PolicyUser", "StaticAuthorizer", "TicketIssuer"]
 
@@ -62,6 +64,8 @@ class PolicyUser:
     token_sha256: str | None = None
     terminals: tuple[re.Pattern[str], ...] = ()
     command: tuple[str, ...] | None = None
+    # The role this user may join others' shared terminals with (no invitation needed).
+    join: str | None = None
 
     def may_open(self, path: str) -> bool:
         return not self.terminals or any(p.search(path) for p in self.terminals)
@@ -100,7 +104,7 @@ class Policy:
 def _user(item: Any, where: str) -> PolicyUser:
     if not isinstance(item, dict):
         raise PolicyError(f"{where}: must be a mapping")
-    unknown = set(item) - {"name", "groups", "token_sha256", "terminals", "command"}
+    unknown = set(item) - {"name", "groups", "token_sha256", "terminals", "command", "join"}
     if unknown:
         raise PolicyError(f"{where}: unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     name = item.get("name")
@@ -123,12 +127,16 @@ def _user(item: Any, where: str) -> PolicyUser:
         not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command)
     ):
         raise PolicyError(f"{where}.command: must be a non-empty list of strings")
+    join = item.get("join")
+    if join is not None and join not in ("viewer", "writer"):
+        raise PolicyError(f"{where}.join: must be viewer or writer")
     return PolicyUser(
         name,
         tuple(groups),
         token,
         tuple(patterns),
         None if command is None else tuple(command),
+        join,
     )
 
 
@@ -237,6 +245,16 @@ class StaticAuthorizer:
             names=_NAMES,
         )
         return Grant(details, user=user.name, groups=user.groups)
+
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        """Signed in, in the policy, allowed this path: the user's ``join`` role (None
+        without one: enough for an invitation, whose role then applies)."""
+        refusal = self._refusal(request)
+        if isinstance(refusal, PassBack):
+            return refusal
+        return JoinGrant(refusal.join, user=refusal.name, groups=refusal.groups)
 
     async def reauthorize(self, request: BrowserRequest, grant: Grant) -> Grant | PassBack:
         refusal = self._refusal(request)

@@ -142,6 +142,8 @@ class LimitsConfig:
     max_sessions_per_user: int = 0
     # Handshakes between request and upgrade (authorizing, dialling); 0: no limit. Excess: 503.
     max_pending_handshakes: int = 0
+    # Viewers and writers of one shared session, the owner not counted; 0: no sharing.
+    max_participants: int = 8
     # Bound on authorization + upstream dial + upgrade of one handshake, seconds; 0 disables.
     handshake_timeout: float = 30.0
     # Value of Retry-After on 503/429 refusals, seconds (rounded up to whole seconds).

@@ -330,6 +330,7 @@ _CONFIG: Final = _Section(
                 "max_sessions": _scalar(_integer(minimum=0)),
                 "max_sessions_per_user": _scalar(_integer(minimum=0)),
                 "max_pending_handshakes": _scalar(_integer(minimum=0)),
+                "max_participants": _scalar(_integer(minimum=0)),
                 "handshake_timeout": _ZERO_DISABLES,
                 "retry_after": _POSITIVE,
                 "request_head_timeout": _ZERO_DISABLES,

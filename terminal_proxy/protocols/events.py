@@ -19,9 +19,12 @@ __all__ = [
     "ExtensionAnswer",
     "ExtensionRequest",
     "Hello",
+    "JoinToken",
     "Output",
     "Resize",
     "Resume",
+    "ShareRequest",
+    "SharingNotice",
     "Stdin",
     "StdinClosed",
 ]
@@ -97,6 +100,9 @@ class Hello:
     reset: bool = False
     expires_in: float | None = None
     resume_grace: float | None = None
+    # Shared terminals (docs/sharing.md): this socket's role and participant id.
+    role: str | None = None
+    participant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,37 @@ class ExtensionAnswer:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """Browser → gateway, first message of a join through an invitation."""
+
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRequest:
+    """Browser → gateway: one of the owner's sharing requests (docs/sharing.md).
+
+    ``request`` is the message type (invite, invitations, revoke, set_role, remove,
+    end_sharing, size_control); the other fields are those the type carries."""
+
+    request: str
+    role: str | None = None
+    expires_in: float | None = None
+    uses: int | None = None
+    invitation: str | None = None
+    participant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharingNotice:
+    """Gateway → browser: a sharing message (screen, participants, size, role, refused,
+    invitation, invitations): ``fields`` become the JSON object beside ``type``."""
+
+    type: str
+    fields: tuple[tuple[str, object], ...] = ()
+
+
 Event = (
     Stdin
     | Output
@@ -152,4 +189,7 @@ Event = (
     | ExpiryWarning
     | ExtensionRequest
     | ExtensionAnswer
+    | JoinToken
+    | ShareRequest
+    | SharingNotice
 )

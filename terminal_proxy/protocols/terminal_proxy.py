@@ -28,9 +28,12 @@ from .events import (
     ExtensionAnswer,
     ExtensionRequest,
     Hello,
+    JoinToken,
     Output,
     Resize,
     Resume,
+    ShareRequest,
+    SharingNotice,
     Stdin,
     StdinClosed,
 )
@@ -130,6 +133,10 @@ class TerminalProxyCodec:
             return (ExtensionRequest(),)
         if kind == "eof":
             return (StdinClosed(),)
+        if kind == "join":
+            return (JoinToken(_text(doc, "token")),)
+        if kind in _SHARE_REQUESTS:
+            return (_share_request(kind, doc),)
         return _NOTHING
 
     def _decode_from_gateway(self, kind: str, doc: dict[str, Any]) -> Sequence[Event]:
@@ -220,8 +227,11 @@ class TerminalProxyCodec:
                         "expires_in": _round(event.expires_in),
                         "resume_grace": _round(event.resume_grace),
                     }
+                    | _sharing_fields(event)
                 ),
             )
+        if type(event) is SharingNotice:
+            return (_json({"type": event.type, **dict(event.fields)}),)
         if type(event) is Exit:
             return (_json({"type": "exit", "code": event.code, "reason": event.message}),)
         if type(event) is ExpiryWarning:
@@ -244,6 +254,50 @@ class TerminalProxyCodec:
         if type(event) is Ack and event.input is not None:
             return (_json({"type": "ack", "input": event.input}),)
         return _NOTHING
+
+
+# The owner's sharing requests (docs/sharing.md) and the roles a joiner can have.
+_SHARE_REQUESTS = frozenset(
+    {"invite", "invitations", "revoke", "set_role", "remove", "end_sharing", "size_control"}
+)
+_JOIN_ROLES = ("viewer", "writer")
+# Longest an invitation may be asked to live, seconds (the gateway may cap it lower).
+_MAX_INVITATION_S = 7 * 24 * 3600.0
+
+
+def _role(doc: dict[str, Any]) -> str:
+    role = doc.get("role")
+    if role not in _JOIN_ROLES:
+        raise ProtocolError(f"{doc['type']}: role must be 'viewer' or 'writer'")
+    return str(role)
+
+
+def _share_request(kind: str, doc: dict[str, Any]) -> ShareRequest:
+    if kind == "invite":
+        expires_in = _seconds(doc, "expires_in")
+        if expires_in is not None and not 0 < expires_in <= _MAX_INVITATION_S:
+            raise ProtocolError("invite: expires_in must be in (0, 604800]")
+        uses = doc.get("uses", 1)
+        if uses not in (0, 1) or isinstance(uses, bool):
+            raise ProtocolError("invite: uses must be 1 (single use) or 0 (until it expires)")
+        return ShareRequest(kind, role=_role(doc), expires_in=expires_in, uses=int(uses))
+    if kind == "revoke":
+        return ShareRequest(kind, invitation=_text(doc, "invitation"))
+    if kind == "set_role":
+        return ShareRequest(kind, participant=_text(doc, "participant"), role=_role(doc))
+    if kind == "remove":
+        return ShareRequest(kind, participant=_text(doc, "participant"))
+    if kind == "size_control":
+        if doc.get("participant") is None:
+            return ShareRequest(kind)
+        return ShareRequest(kind, participant=_text(doc, "participant"))
+    return ShareRequest(kind)
+
+
+def _sharing_fields(hello: Hello) -> dict[str, Any]:
+    if hello.role is None:
+        return {}
+    return {"role": hello.role, "participant": hello.participant}
 
 
 def _round(seconds: float | None) -> float | None:

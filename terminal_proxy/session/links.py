@@ -36,6 +36,7 @@ __all__ = [
     "BrowserLink",
     "DirectLink",
     "LinkSet",
+    "OutputLink",
     "SessionGone",
 ]
 
@@ -47,6 +48,21 @@ COALESCE_LIMIT = 64 * 1024
 
 class SessionGone(Exception):
     """The session no longer accepts a resume (it is ending or has ended)."""
+
+
+class OutputLink(Protocol):
+    """What the session sends its links besides the owner's (the participants of a shared
+    session, ``sharing.py``): output and events, and the end."""
+
+    async def send_output(self, data: bytes, stream: int) -> bool: ...
+
+    async def send_event(self, event: Event) -> bool: ...
+
+    def begin_end(self) -> None: ...
+
+    async def close(self, stop: Stop) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class BrowserLink(Protocol):
@@ -174,19 +190,19 @@ class LinkSet:
 
     def __init__(self, owner: BrowserLink) -> None:
         self.owner = owner
-        self._others: list[BrowserLink] = []
+        self._others: list[OutputLink] = []
 
-    def __iter__(self) -> Iterator[BrowserLink]:
+    def __iter__(self) -> Iterator[OutputLink]:
         yield self.owner
         yield from self._others
 
     def __len__(self) -> int:
         return 1 + len(self._others)
 
-    def add(self, link: BrowserLink) -> None:
+    def add(self, link: OutputLink) -> None:
         self._others.append(link)
 
-    def discard(self, link: BrowserLink) -> None:
+    def discard(self, link: OutputLink) -> None:
         if link in self._others:
             self._others.remove(link)
 

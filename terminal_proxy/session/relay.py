@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -29,6 +30,9 @@ from ..protocols import (
     Event,
     Exit,
     ExpiryWarning,
+    ShareRequest,
+    SharingNotice,
+    Stdin,
     StdinClosed,
 )
 from ..replay import ReplayBudget
@@ -38,6 +42,7 @@ from .links import BrowserLink, DirectLink, LinkSet
 from .pump import pump
 from .recording import RecordingTap
 from .resumable import ResumableLink
+from .sharing import Sharing
 from .sides import BrowserSide, UpstreamSide
 from .sockets import Socket, Traffic, parsed_queue
 from .stop import LINGER, Stop, StopReason, reason_bytes
@@ -118,6 +123,13 @@ class Session:
         self._control_tasks: set[asyncio.Task[None]] = set()
         # Recording (docs/recording.md), when the session is recorded.
         self.recording: RecordingTap | None = None
+        # The owner's terminal size (its latest resize).
+        self.size = (80, 24)
+        # Shared terminals (docs/sharing.md): set up on the first invitation or join.
+        self.sharing: Sharing | None = None
+        self.max_participants = 0
+        self.audit: Callable[[str, dict[str, object]], None] = _no_audit
+        self.participants_counted: Callable[[int], None] = _no_count
 
     def _stopping(self) -> bool:
         return self._stopped.done()
@@ -309,6 +321,67 @@ class Session:
         log.info("extension", extra={"fields": fields})
         await self.links.send_event(answer)
 
+    # Shared terminals (docs/sharing.md) ------------------------------------------------
+
+    def resized(self, cols: int, rows: int) -> bool:
+        """The owner's resize: False when it must not reach the upstream (a writer
+        controls the size)."""
+        self.size = (cols, rows)
+        return self.sharing is None or self.sharing.owner_resized(cols, rows)
+
+    def share(self) -> Sharing | None:
+        """The session's sharing, set up on first use; None when it cannot be shared
+        (no resume: a shared session needs the replay to seed its screen model)."""
+        if self.sharing is not None or self.resume is None or not self.max_participants:
+            return self.sharing
+        from ..screen import ScreenModel  # pyte: only for sessions that are shared
+
+        model = ScreenModel(*self.size)
+        _start, kept = self.resume.kept_output()
+        model.feed(kept)
+        owner = self.links.owner
+        self.sharing = Sharing(
+            session_id=self.id,
+            owner_user=self.grant.user or "-",
+            model=model,
+            offset=self.resume.produced,
+            max_participants=self.max_participants,
+            buffer=self.limits.max_buffer,
+            close_timeout=self.limits.close_timeout,
+            to_owner=owner.send_event,
+            to_upstream=self._to_upstream,
+            audit=self.audit,
+            counted=self.participants_counted,
+        )
+        self.links.add(self.sharing)
+        self.marker("sharing started")
+        return self.sharing
+
+    def share_request(self, request: ShareRequest) -> None:
+        sharing = self.share()
+        if sharing is None:
+            notice = SharingNotice(
+                "refused",
+                (("request", request.request), ("reason", "this session cannot be shared")),
+            )
+            self._spawn_control(self._send_control(notice), "sharing")
+            return
+        self._spawn_control(sharing.from_owner(request), "sharing")
+
+    async def _to_upstream(self, event: Event) -> bool:
+        """A writer's input or the size controller's resize, to the upstream."""
+        if type(event) is Stdin:
+            self.traffic.bytes_in += len(event.data)
+            self.traffic.last_activity = asyncio.get_running_loop().time()
+            if self.recording is not None:
+                self.recording.browser(event)
+        for opcode, data in self.upstream_codec.encode(event):
+            try:
+                await self.upstream.send_frame(data, WSMsgType(opcode))
+            except ConnectionError:
+                return False
+        return True
+
     def summary(self) -> SessionEnd:
         """How the session ended, for its log line, audit event and recording."""
         stop = self.stop or Stop(StopReason.INTERNAL, "session did not record a stop")
@@ -323,6 +396,14 @@ class Session:
             resumes=self.links.owner.resumes,
             extensions=0 if self.deadline is None else self.deadline.extensions,
         )
+
+
+def _no_audit(kind: str, fields: dict[str, object]) -> None:
+    pass
+
+
+def _no_count(change: int) -> None:
+    pass
 
 
 def _first_stop(pumps: list[asyncio.Task[Stop]], stopped: asyncio.Future[Stop]) -> Stop:

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType
 
 from ..protocols import Codec, Event, Exit, Hello, Output, ProtocolError, Resume
-from ..replay import ReplayBudget, ReplayBuffer
+from ..replay import ReplayBudget, ReplayBuffer, safe_boundary
 from .links import COALESCE_LIMIT, SessionGone
 from .sockets import (
     DATA,
@@ -193,7 +193,12 @@ class ResumableLink:
 
     async def open(self, expires_in: float | None) -> bool:
         hello = Hello(
-            self.session_id, self._tokens.new(), expires_in=expires_in, resume_grace=self._grace
+            self.session_id,
+            self._tokens.new(),
+            expires_in=expires_in,
+            resume_grace=self._grace,
+            role="owner",
+            participant="owner",
         )
         return await self.send_event(hello)
 
@@ -267,6 +272,19 @@ class ResumableLink:
 
     # Resume ---------------------------------------------------------------------------
 
+    def kept_output(self) -> tuple[int, bytes]:
+        """The output kept for the replay from a safe boundary on (a terminal can start
+        reading there), its offset, and the offset of the next byte: (start, data)."""
+        replay = self._replay
+        kept = replay.since(replay.start)
+        cut = safe_boundary(kept.data) if replay.start else 0
+        return kept.offset + cut, kept.data[cut:]
+
+    @property
+    def produced(self) -> int:
+        """Output bytes the session has produced (the next byte's offset)."""
+        return self._replay.end
+
     def take_token(self, token: str) -> bytes | None:
         """Check a resume token and use it up: its hash when valid, else None."""
         return self._tokens.take(token) if self.accepting else None
@@ -333,6 +351,8 @@ class ResumableLink:
                 reset=missed.reset,
                 expires_in=expires_in,
                 resume_grace=self._grace,
+                role="owner",
+                participant="owner",
             )
             frames = list(self.codec.encode(hello))
             data = missed.data

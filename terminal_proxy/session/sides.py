@@ -18,9 +18,12 @@ from ..protocols import (
     Event,
     Exit,
     ExtensionRequest,
+    JoinToken,
     Output,
     ProtocolError,
+    Resize,
     Resume,
+    ShareRequest,
     Stdin,
 )
 from .links import COALESCE_LIMIT
@@ -162,8 +165,16 @@ class UpstreamSide:
         elif kind is ExtensionRequest:
             session.request_extension()
             return None
+        elif kind is Resize:
+            if not session.resized(event.width, event.height):  # type: ignore[union-attr]
+                return None
+        elif kind is ShareRequest:
+            session.share_request(event)  # type: ignore[arg-type]
+            return None
         elif kind is Resume:
             return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "resume is only a first message")
+        elif kind is JoinToken:
+            return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "join is only a first message")
         return await self._forward(event)
 
     async def closed(self, msg: WSMessage) -> Stop:

@@ -37,6 +37,9 @@ class StopReason(enum.Enum):
     RESUME_BAD_TOKEN = "resume_bad_token"  # noqa: S105 (a stop reason)
     RESUME_FORBIDDEN = "resume_forbidden"
     RECORDING_FAILED = "recording_failed"
+    # Shared terminals (docs/sharing.md): end one participant's socket, not the session.
+    REMOVED = "removed"
+    SHARING_ENDED = "sharing_ended"
 
 
 # reason → (browser code, browser reason, upstream code).
@@ -58,6 +61,8 @@ CLOSE_CODES: dict[StopReason, tuple[int, str, int]] = {
     StopReason.RESUME_EXPIRED: (4007, "session ended: resume grace expired", 1000),
     StopReason.RESUME_UNKNOWN: (4008, "no such session to resume", 1000),
     StopReason.RESUME_BAD_TOKEN: (4009, "resume refused: invalid token", 1000),
+    StopReason.REMOVED: (4012, "removed by the owner", 1000),
+    StopReason.SHARING_ENDED: (4013, "sharing ended by the owner", 1000),
     StopReason.RESUME_FORBIDDEN: (4010, "resume refused: {detail}", 1000),
     StopReason.RECORDING_FAILED: (4011, "recording failed", 1000),
 }

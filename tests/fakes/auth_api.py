@@ -59,6 +59,10 @@ class FakeAuthApi:
     max_total_in_flight: int = 0
     # A Set-Cookie the API adds to every answer (a client must never send it back).
     set_cookie: str | None = None
+    # Native contract, joins of shared terminals (a request with Terminal-Proxy-Join):
+    # the role and user answered (role None: no role named).
+    join_role: str | None = "viewer"
+    join_user: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Condition()
@@ -174,6 +178,13 @@ class FakeAuthApi:
             return web.Response(text="<html>login</html>", content_type="text/html")
         if mode == "huge":
             return web.Response(status=403, text="x" * 100_000)
+        if self.contract == "native" and "terminal-proxy-join" in headers:
+            answer: dict[str, Any] = {"version": 1}
+            if self.join_role is not None:
+                answer["role"] = self.join_role
+            if self.join_user is not None:
+                answer["user"] = self.join_user
+            return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
         body = self.body() if self.raw_body is None else self.raw_body
         return web.Response(body=body, content_type=self._content_type())
 

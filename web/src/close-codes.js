@@ -27,6 +27,8 @@ export const CLOSE_TEXT = Object.freeze({
   4009: "this terminal's resume token is no longer valid",
   4010: "resume refused",
   4011: "the session could not be recorded",
+  4012: "removed by the owner",
+  4013: "sharing ended by the owner",
 });
 const DETAILED = new Set([1002, 1014, 4010]);
 // Closes of a resuming socket after which the same resume may work later: the session is
@@ -48,6 +50,7 @@ export function describeClose({ code, reason, exitCode, opened, byPage }) {
   if (exitCode !== null && exitCode !== undefined) return `session ended: exit code ${exitCode}`;
   if (byPage) return "session closed";
   if (code === 1006) return opened ? "connection lost" : "could not connect (the gateway refused or is unreachable)";
+  if (code === 4009 && /^join refused/.test(reason ?? "")) return "join refused: the invitation link is not valid";
   const text = CLOSE_TEXT[code];
   if (text === undefined) return `${reason || "connection closed"} (${code})`;
   const detail = DETAILED.has(code) ? /^[^:]*: (.+)$/.exec(reason ?? "")?.[1] : undefined;

@@ -32,6 +32,14 @@
  *     A frame with a stream byte and no payload (the gateway's first [1]) carries nothing.
  *   terminal.gitlab.com: raw bytes both ways; no resize, no status.
  *
+ * Shared terminals (docs/sharing.md): with `options.join` the page joins someone else's
+ *   session (`?join=<session id>`, plus `&invitation=<id>` and a first message
+ *   {type:"join", token} for an invitation) as a viewer or writer. A joiner's terminal
+ *   takes the owner's size (no fitting), starts from the gateway's `screen` snapshot and
+ *   never sends input as a viewer. The owner's handle has invite / invitations / revoke /
+ *   setRole / remove / endSharing / sizeControl; every participant gets participants,
+ *   role, size, screen, refused and invitation(s) events (options.onParticipants, …).
+ *
  * Every session ends with a close code and reason from the gateway (docs/close-codes.md):
  * 1000 "exit code N" (the only exit status a terminal.gitlab.com session gets), 4001
  * "authorization revoked", 4004 "session time limit reached", 1001 "server shutting down",
@@ -52,7 +60,10 @@ import {
   retryAfterMs,
 } from "./close-codes.js";
 
+import { joinLink } from "./join-link.js";
+
 export { CLOSE_TEXT, describeClose, exitCodeFromReason } from "./close-codes.js";
+export { joinLink, parseJoinFragment } from "./join-link.js";
 
 export const TERMINAL_PROXY = "v1.terminal-proxy";
 export const DEFAULT_PROTOCOLS = Object.freeze([
@@ -110,12 +121,14 @@ export function parseStatus(text) {
  * Returns the handle documented in docs/browser-client.md.
  */
 export function connectTerminal(container, options = {}) {
-  const protocols = [...(options.protocols ?? DEFAULT_PROTOCOLS)];
+  const join = normaliseJoin(options.join);
+  const protocols = join ? [TERMINAL_PROXY] : [...(options.protocols ?? DEFAULT_PROTOCOLS)];
   const unsupported = protocols.filter((p) => !SUPPORTED.has(p));
   if (protocols.length === 0 || unsupported.length > 0) {
     throw new Error(`unsupported subprotocols: ${unsupported.join(", ") || "(none offered)"}`);
   }
   const url = options.url ?? websocketURL(options.path ?? "terminal.ws");
+  const openURL = join ? withQuery(url, joinQuery(join)) : url;
 
   const term = new Terminal({
     fontSize: options.fontSize ?? 14,
@@ -128,7 +141,7 @@ export function connectTerminal(container, options = {}) {
   const fit = new FitAddon();
   term.loadAddon(fit);
   term.open(container);
-  fit.fit();
+  if (!join) fit.fit();
 
   const statusListeners = new Set();
   let session = null; // { ws, kubernetes, tp, decoders, opened, exitReported, resume }
@@ -142,7 +155,12 @@ export function connectTerminal(container, options = {}) {
   let countdown = null;
   let leaving = false; // the page is being left (pagehide): the browser closes the socket
   const storage = options.storage ?? null;
-  const storageKey = `terminal-proxy.resume ${url}`;
+  const storageKey = `terminal-proxy.resume ${url}${join ? ` join ${join.session}` : ""}`;
+  // Sharing: this link's role and participant id (from hello), the participants, the
+  // terminal's size as the gateway says (joiners take it instead of fitting), and the
+  // owner's requests waiting for their answer.
+  const sharing = { role: null, participant: null, participants: [], size: null };
+  const waiting = { invite: [], invitations: [] };
 
   const handle = {
     term,
@@ -169,6 +187,44 @@ export function connectTerminal(container, options = {}) {
       sendControl({ type: "extend" });
     },
     get sessionId() { return sessionId; },
+    /** "owner" | "writer" | "viewer" once the gateway said (null before, or no sharing). */
+    get role() { return sharing.role; },
+    get participant() { return sharing.participant; },
+    get participants() { return sharing.participants; },
+    /** The shared terminal's size {cols, rows} from the gateway (null until it says). */
+    get size() { return sharing.size; },
+    get joined() { return join !== null; },
+    /** Owner: create an invitation. → Promise of {invitation, token, role, expires_in, uses}. */
+    invite({ role = "viewer", expiresIn, uses = 1 } = {}) {
+      const message = { type: "invite", role, uses };
+      if (expiresIn !== undefined) message.expires_in = expiresIn;
+      return request("invite", message);
+    },
+    /** Owner: the open invitations. → Promise of [{invitation, role, expires_in, uses, used}]. */
+    invitations() {
+      return request("invitations", { type: "invitations" });
+    },
+    /** Owner: revoke an invitation (the gateway answers with the list: onInvitations). */
+    revoke(invitation) {
+      sendControl({ type: "revoke", invitation });
+    },
+    setRole(participant, role) {
+      sendControl({ type: "set_role", participant, role });
+    },
+    remove(participant) {
+      sendControl({ type: "remove", participant });
+    },
+    endSharing() {
+      sendControl({ type: "end_sharing" });
+    },
+    /** Owner: hand size control to a writer (null: back to the owner). */
+    sizeControl(participant) {
+      sendControl({ type: "size_control", participant: participant ?? null });
+    },
+    /** The link that joins this session through `invitation` (the token stays in the fragment). */
+    joinLink(invitation, page = window.location.href) {
+      return joinLink(page, { session: sessionId, invitation: invitation.invitation, token: invitation.token });
+    },
     reconnect() {
       detach();
       term.reset();
@@ -216,7 +272,7 @@ export function connectTerminal(container, options = {}) {
   function remember() {
     if (!storage || !resumable) return;
     try {
-      storage.setItem(storageKey, JSON.stringify({ id: resumable.id, token: resumable.token, sent: resumable.sent }));
+      storage.setItem(storageKey, JSON.stringify({ id: resumable.id, token: resumable.token, sent: resumable.sent, participant: resumable.participant }));
     } catch {
       // storage full or disabled: a reload then opens a new session
     }
@@ -241,6 +297,46 @@ export function connectTerminal(container, options = {}) {
     }
     forget();
     return null;
+  }
+
+  function request(kind, message) {
+    return new Promise((resolve, reject) => {
+      if (!session?.tp || session.ws.readyState !== WebSocket.OPEN || session.resume) {
+        reject(new Error("not connected"));
+        return;
+      }
+      waiting[kind].push({ resolve, reject });
+      sendControl(message);
+    });
+  }
+
+  function settle(kind, value, error) {
+    const next = waiting[kind].shift();
+    if (!next) return;
+    if (error) next.reject(error);
+    else next.resolve(value);
+  }
+
+  function failWaiting(reason) {
+    for (const kind of Object.keys(waiting)) {
+      for (const { reject } of waiting[kind].splice(0)) reject(new Error(reason));
+    }
+  }
+
+  // A joiner shows the shared terminal's size; only the owner (and a writer the owner
+  // handed size control to, which the gateway decides) fits its window.
+  function fitsItself() {
+    return sharing.role === "owner" || (!join && sharing.role === null);
+  }
+
+  function applySize(cols, rows) {
+    sharing.size = { cols, rows };
+    if (!fitsItself() && (term.cols !== cols || term.rows !== rows)) term.resize(cols, rows);
+  }
+
+  function setRole(role) {
+    sharing.role = role;
+    term.options.disableStdin = role === "viewer";
   }
 
   function sendControl(message) {
@@ -276,6 +372,7 @@ export function connectTerminal(container, options = {}) {
   }
 
   function sendSize() {
+    if (sharing.role === "viewer") return; // the gateway would refuse it
     if (session?.tp) {
       sendControl({ type: "resize", cols: term.cols, rows: term.rows });
       return;
@@ -332,6 +429,13 @@ export function connectTerminal(container, options = {}) {
         resumable.token = message.token;
         resumable.grace = message.resume_grace ?? null;
         sessionId = message.session;
+        if (message.participant) resumable.participant = message.participant;
+        sharing.participant = message.participant ?? null;
+        if (message.role) {
+          const changed = sharing.role !== message.role;
+          setRole(message.role);
+          if (changed) options.onRole?.({ role: message.role });
+        }
         if (message.reset) {
           // Output was lost while away: start clean where the gateway's kept bytes begin.
           term.reset();
@@ -348,7 +452,7 @@ export function connectTerminal(container, options = {}) {
           if (resumable.input.length === 0) resumable.sent = message.input;
           session.resume = false;
           for (const { bytes } of resumable.input) session.ws.send(bytes);
-          sendSize();
+          if (fitsItself()) sendSize();
           if (resumable.restored) {
             resumable.restored = false;
             term.focus();
@@ -374,6 +478,47 @@ export function connectTerminal(container, options = {}) {
       case "ack":
         if (resumable) trimInput(message.input);
         break;
+      case "screen":
+        // The screen as the owner sees it: output after it counts from message.offset.
+        term.reset();
+        applySize(message.cols, message.rows);
+        term.write(message.data ?? "");
+        session.decoders[STDOUT] = new TextDecoder();
+        if (resumable) {
+          resumable.received = message.offset ?? resumable.received;
+          resumable.acked = resumable.received;
+        }
+        options.onScreen?.({ cols: message.cols, rows: message.rows, offset: message.offset });
+        break;
+      case "size":
+        applySize(message.cols, message.rows);
+        options.onSize?.({ cols: message.cols, rows: message.rows });
+        break;
+      case "participants":
+        sharing.participants = Array.isArray(message.items) ? message.items : [];
+        options.onParticipants?.(sharing.participants);
+        break;
+      case "role":
+        setRole(message.role);
+        if (message.role === "owner") scheduleFit();
+        options.onRole?.({ role: message.role });
+        break;
+      case "refused":
+        if (message.request === "invite" || message.request === "invitations") {
+          settle(message.request, null, new Error(message.reason || "refused"));
+        }
+        options.onRefused?.({ request: message.request, reason: message.reason });
+        break;
+      case "invitation":
+        settle("invite", message);
+        options.onInvitation?.(message);
+        break;
+      case "invitations": {
+        const items = Array.isArray(message.items) ? message.items : [];
+        settle("invitations", items);
+        options.onInvitations?.(items);
+        break;
+      }
       default:
         break; // newer messages are ignored
     }
@@ -462,6 +607,7 @@ export function connectTerminal(container, options = {}) {
     resumable = null;
     forget();
     stopCountdown();
+    failWaiting(`closed (${event.code})`);
     for (const stream of [STDOUT, STDERR]) term.write(session.decoders[stream].decode());
     const exitCode = handle.lastExit?.code ?? exitCodeFromReason(event.reason);
     if (exitCode !== null) reportExit(exitCode, `exit code ${exitCode}`);
@@ -491,7 +637,7 @@ export function connectTerminal(container, options = {}) {
   }
 
   function connect(resume = null) {
-    const target = resume ? `${url}${url.includes("?") ? "&" : "?"}resume=${encodeURIComponent(resume.id)}` : url;
+    const target = resume ? withQuery(url, resumeQuery(resume)) : openURL;
     const ws = new WebSocket(target, resume ? [TERMINAL_PROXY] : protocols);
     ws.binaryType = "arraybuffer";
     const decoders = resume && session ? session.decoders : { [STDOUT]: new TextDecoder(), [STDERR]: new TextDecoder() };
@@ -499,6 +645,9 @@ export function connectTerminal(container, options = {}) {
     if (!resume) {
       resumable = null;
       sessionId = null;
+      sharing.role = null;
+      sharing.participant = null;
+      sharing.participants = [];
       handle.lastExit = null;
       handle.lastClose = null;
       stopCountdown();
@@ -514,7 +663,9 @@ export function connectTerminal(container, options = {}) {
         ws.send(JSON.stringify({ type: "resume", session: resume.id, token: resume.token, received: resume.received, sent: resume.sent }));
         return;
       }
-      sendSize();
+      // An invitation join proves the token in its first message (never in the URL).
+      if (join?.token) ws.send(JSON.stringify({ type: "join", token: join.token }));
+      if (!join) sendSize();
       term.focus();
       openStatus(false);
       options.onOpen?.({ protocol: ws.protocol });
@@ -571,7 +722,7 @@ export function connectTerminal(container, options = {}) {
   let fitTimer = 0;
   function scheduleFit() {
     clearTimeout(fitTimer);
-    fitTimer = setTimeout(() => { if (term.element?.isConnected) fit.fit(); }, 50);
+    fitTimer = setTimeout(() => { if (term.element?.isConnected && fitsItself()) fit.fit(); }, 50);
   }
   window.addEventListener("resize", scheduleFit);
   const resizeObserver = typeof ResizeObserver === "function" ? new ResizeObserver(scheduleFit) : null;
@@ -581,7 +732,7 @@ export function connectTerminal(container, options = {}) {
   const kept = restore();
   if (kept) {
     // A reload (or a reopened tab): resume the kept session from the start of its output.
-    resumable = { id: kept.id, token: kept.token, received: 0, acked: 0, sent: kept.sent, input: [], since: Date.now(), attempt: 0, restored: true };
+    resumable = { id: kept.id, token: kept.token, received: 0, acked: 0, sent: kept.sent, input: [], since: Date.now(), attempt: 0, restored: true, participant: kept.participant };
     sessionId = kept.id;
     connect(resumable);
   } else {
@@ -600,4 +751,26 @@ function copySelection(term) {
   } else {
     document.execCommand("copy");
   }
+}
+
+function normaliseJoin(join) {
+  if (!join) return null;
+  if (typeof join === "string") return { session: join };
+  if (typeof join.session !== "string" || !join.session) throw new Error("join needs a session id");
+  if (join.invitation && typeof join.token !== "string") throw new Error("an invitation join needs its token");
+  return { session: join.session, invitation: join.invitation ?? null, token: join.invitation ? join.token : null };
+}
+
+function withQuery(url, query) {
+  return `${url}${url.includes("?") ? "&" : "?"}${query}`;
+}
+
+function joinQuery(join) {
+  const invitation = join.invitation ? `&invitation=${encodeURIComponent(join.invitation)}` : "";
+  return `join=${encodeURIComponent(join.session)}${invitation}`;
+}
+
+function resumeQuery(resume) {
+  const participant = resume.participant ? `&participant=${encodeURIComponent(resume.participant)}` : "";
+  return `resume=${encodeURIComponent(resume.id)}${participant}`;
 }

@@ -1,0 +1,231 @@
+"""Joining a live ``v1.terminal-proxy`` session as a viewer or writer (docs/sharing.md).
+
+The browser opens the terminal route with ``?join=<session id>`` (a policy join: the
+authorization decides the role) or ``?join=<session id>&invitation=<id>`` (the owner's
+invitation names the role; the token follows as the first message, never in a URL).
+Nothing is dialled. Before the upgrade: the session must live here and be shareable (404,
+410), the invitation must be open (404, 410), the route's authorizer must decide joins
+(GitLab's contract cannot: 403) and let this user join, and the session must have room
+(``limits.max_participants``: 503). After it: the invitation's token (4009 when wrong),
+then the participant's hello, the screen snapshot and live output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from .authorization import BrowserRequest, JoinAuthorizer, JoinRequest, PassBack
+from .errors import AuthorizationError, AuthorizationTimeout, LimitReached, ResumeRefused
+from .gateway import Gateway, Services
+from .protocols import Hello, JoinToken, Opcode, ProtocolError, Role, codec_for
+from .session.invitations import InvitationState
+from .session.participants import Participant
+from .session.sharing import Sharing
+from .session.sockets import close_socket
+from .session.stop import Stop, StopReason
+
+__all__ = ["Joined", "join_session", "take_part"]
+
+log = logging.getLogger("terminal_proxy.session")
+
+# How long the first message may take when limits.handshake_timeout is off.
+FIRST_MESSAGE_TIMEOUT = 30.0
+
+
+def _refused(status: int, text: str) -> ResumeRefused:
+    return ResumeRefused(text, status=status)
+
+
+async def join_session(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    route: str,
+    request_id: str,
+    browser_request: BrowserRequest,
+    browser: web.WebSocketResponse,
+) -> web.StreamResponse | Joined:
+    """Check, authorize, upgrade, prove the invitation: a refusal (a response, or the
+    closed socket), or the participant ready to ``take_part``."""
+    session_id = request.query.get("join", "")
+    invitation = request.query.get("invitation") or None
+    config = gateway.config
+    registry = gateway.registry
+    joins = gateway.metrics.joins
+    fields: dict[str, object] = {"request_id": request_id, "route": route, "session": session_id}
+
+    session = registry.resumable.get(session_id)
+    sharing = None if session is None else session.share()
+    if session is None or sharing is None:
+        joins.labels("unknown").inc()
+        ended = registry.ended.get(session_id)
+        if ended is not None:
+            raise _refused(410, f"session ended: {Stop(ended).browser_reason}")
+        raise _refused(404, "no such session to join")
+    now = time.monotonic()
+    if invitation is not None:
+        state = sharing.invitations.state(invitation, now)
+        if state is InvitationState.UNKNOWN:
+            joins.labels("invitation_unknown").inc()
+            raise _refused(404, "no such invitation")
+        if state is not InvitationState.OPEN:
+            joins.labels("invitation_closed").inc()
+            why = "expired" if state is InvitationState.EXPIRED else "used up"
+            raise _refused(410, f"invitation {why}")
+    authorizer = services.authorizer
+    if not isinstance(authorizer, JoinAuthorizer):
+        joins.labels("forbidden").inc()
+        raise _refused(403, "joining is not supported on this route")
+    join = JoinRequest(session_id, session.grant.user, invitation)
+    fields["client"] = browser_request.client_ip
+    try:
+        async with asyncio.timeout(config.limits.handshake_timeout or None):
+            answer = await authorizer.authorize_join(browser_request, join)
+    except TimeoutError:
+        joins.labels("auth_unavailable").inc()
+        raise AuthorizationTimeout(
+            "authorization took too long", detail="join: authorization exceeded the timeout"
+        ) from None
+    except AuthorizationError:
+        joins.labels("auth_unavailable").inc()
+        raise
+    if isinstance(answer, PassBack):
+        joins.labels("forbidden").inc()
+        log.info("join refused by the authorization", extra={"fields": fields})
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    role = _role(answer.role, None if invitation is None else sharing.invitations.role(invitation))
+    if role is None:
+        joins.labels("forbidden").inc()
+        raise _refused(403, "the authorization granted no role for this join")
+    if sharing.full():
+        joins.labels("full").inc()
+        raise LimitReached(
+            "participants",
+            503,
+            f"this terminal has the most participants it allows ({sharing.max_participants})",
+        )
+
+    await browser.prepare(request)
+    gateway.metrics.handshakes.labels("101").inc()
+    if invitation is not None:
+        token = await _join_token(browser, config.limits.handshake_timeout)
+        if isinstance(token, Stop):
+            joins.labels(token.reason.value).inc()
+            await close_socket(browser, token, config.session.close_timeout)
+            return browser
+        used = sharing.invitations.use(invitation, token, time.monotonic())
+        if used is None:
+            joins.labels("bad_token").inc()
+            await _close(browser, 4009, "join refused: invalid token", config.session.close_timeout)
+            log.info("join refused: invalid token", extra={"fields": fields})
+            return browser
+        session.audit("invitation_used", {"session": session_id, "invitation": invitation})
+    participant = Participant(
+        participant_id=sharing.new_participant_id(),
+        user=answer.user or browser_request.client_ip,
+        role=role,
+        ws=browser,
+        codec=codec_for(browser.ws_protocol or "", Role.SERVER),
+        limit=config.session.max_buffer,
+        close_timeout=config.session.close_timeout,
+        session_id=session_id,
+    )
+    joins.labels("joined").inc()
+    log.info(
+        "participant joined",
+        extra={"fields": fields | {"participant": participant.id, "role": role}},
+    )
+    return Joined(
+        sharing, participant, session_id, "policy" if invitation is None else "invitation"
+    )
+
+
+def _role(granted: str | None, invited: str | None) -> str | None:
+    """An invitation's role capped by the authorization's; else the authorization's."""
+    if invited is None:
+        return granted
+    if granted == "viewer":
+        return "viewer"
+    return invited
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A participant upgraded and admitted, about to take part."""
+
+    sharing: Sharing
+    participant: Participant
+    session_id: str
+    how: str
+
+
+async def take_part(joined: Joined) -> None:
+    """Hello, then the participant's messages until its socket or the session ends."""
+    sharing, participant, session_id, how = (
+        joined.sharing,
+        joined.participant,
+        joined.session_id,
+        joined.how,
+    )
+    hello = Hello(
+        session_id, "", offset=sharing.offset, role=participant.role, participant=participant.id
+    )
+    for opcode, frame in participant.codec.encode(hello):
+        await participant.ws.send_frame(frame, WSMsgType(opcode))
+    sharing.join(participant, how)
+    ws = participant.ws
+    why = "left"
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+            opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
+            try:
+                events = participant.codec.decode(opcode, payload)
+            except ProtocolError as exc:
+                why = "protocol error"
+                await participant.close(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
+                break
+            for event in events:
+                await sharing.from_participant(participant, event)
+    finally:
+        sharing.leave(participant, why)
+        await participant.stop_sending()
+
+
+async def _join_token(ws: web.WebSocketResponse, limit: float) -> str | Stop:
+    """The invitation's token from the first message, or why there is none."""
+    codec = codec_for(ws.ws_protocol or "", Role.SERVER)
+    try:
+        msg = await ws.receive(timeout=limit or FIRST_MESSAGE_TIMEOUT)
+    except TimeoutError:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "no join message in time")
+    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return Stop(StopReason.BROWSER_LEFT, "browser left before joining")
+    payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+    opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
+    try:
+        events = codec.decode(opcode, payload)
+    except ProtocolError as exc:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+    if len(events) != 1 or not isinstance(events[0], JoinToken):
+        return Stop(
+            StopReason.BROWSER_PROTOCOL_ERROR,
+            "the first message of an invitation join must be 'join'",
+        )
+    return events[0].token
+
+
+async def _close(ws: web.WebSocketResponse, code: int, reason: str, limit: float) -> None:
+    try:
+        async with asyncio.timeout(limit):
+            await ws.close(code=code, message=reason.encode())
+    except (TimeoutError, ConnectionError):
+        pass

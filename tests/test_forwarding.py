@@ -199,6 +199,12 @@ async def test_refusals_pass_through_as_the_holder_gave_them(
         assert (status, body) == (403, "You are not allowed to open this terminal")
         assert headers["X-Custom"] == "kept"
         auth_api.set_mode("ok")
+        # A join is forwarded the same way: the holder's answer (GitLab-contract routes
+        # refuse joins) rather than this replica's 404.
+        status, body, _ = await raw_handshake(
+            browser, f"{c.url('b')}?join={session}", protocols=TERMINAL_PROXY
+        )
+        assert (status, body) == (403, "joining is not supported on GitLab-contract routes\n")
         # A wrong token: the holder's 4009 close, code and reason, after the upgrade.
         refused = await resume_term(browser, c.url("b"), term, token="A" * 43)
         assert await refused.wait_closed() == (4009, "resume refused: invalid token")

@@ -187,7 +187,10 @@ class Session:
         finally:
             if self.recording is not None:
                 target = self.grant.details.target.describe()
-                self.recording.finish(ended_fields(self.summary()) | {"target": target})
+                meta = ended_fields(self.summary()) | {"target": target}
+                if self.sharing is not None:
+                    meta["participants"] = self.sharing.history
+                self.recording.finish(meta)
             if not self.done.done():
                 self.done.set_result(None)
 

@@ -82,6 +82,8 @@ class Sharing:
         # The writer whose resizes set the terminal's size (None: the owner).
         self.controller: str | None = None
         self.since = time.time()
+        # Who took part, when, as what: the recording's metadata lists it.
+        self.history: list[dict[str, object]] = []
         # Notices on their way to the owner (sent from synchronous code).
         self._pending: set[asyncio.Task[bool]] = set()
 
@@ -122,6 +124,7 @@ class Sharing:
 
     def join(self, participant: Participant, how: str) -> None:
         self.participants[participant.id] = participant
+        self.history.append(participant.describe() | {"joined": round(time.time(), 3)})
         participant.start(self)
         self._counted(1)
         self._audit("share_join", self._fields(participant) | {"via": how})
@@ -134,6 +137,9 @@ class Sharing:
 
     def _drop(self, participant: Participant, why: str) -> None:
         del self.participants[participant.id]
+        for entry in self.history:
+            if entry["participant"] == participant.id and "left" not in entry:
+                entry.update(left=round(time.time(), 3), role=participant.role)
         if self.controller == participant.id:
             self.controller = None
         self._counted(-1)

@@ -36,7 +36,7 @@ from .errors import (
     UpstreamError,
 )
 from .gateway import GATEWAY, Gateway, Services
-from .join import join_session, take_part
+from .join import join_session, resume_participant, take_part
 from .metrics import dial_failure_reason
 from .observability import ended_fields, opened_fields
 from .protocols import BROWSER_SUBPROTOCOLS, TERMINAL_PROXY, Role, codec_for, negotiate
@@ -222,6 +222,10 @@ async def _terminal(
     resume = query.get("resume") or query.get("join") or "" if chosen == TERMINAL_PROXY else ""
     registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions, resume=resume)
     if chosen == TERMINAL_PROXY and "resume" in request.query:
+        if "participant" in request.query:
+            return await _resume_participant(
+                request, gateway, services, request_id, browser_request
+            )
         return await _resume(request, gateway, services, route, request_id, browser_request)
     if "join" in request.query:
         return await _join(request, gateway, services, route, request_id, browser_request, chosen)
@@ -356,6 +360,25 @@ def _networks_of(remote: str | None) -> tuple[IPNetwork, ...]:
         return (ipaddress.ip_network(remote or ""),)
     except ValueError:
         return ()
+
+
+async def _resume_participant(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    request_id: str,
+    browser_request: BrowserRequest,
+) -> web.StreamResponse:
+    """``?resume=…&participant=…``: a participant's new socket (join.py)."""
+    socket = browser_socket(gateway.config, TERMINAL_PROXY)
+    with gateway.registry.handshake(resume=True):
+        resumed = await resume_participant(
+            request, gateway, services, request_id, browser_request, socket
+        )
+    if isinstance(resumed, web.StreamResponse):
+        return resumed
+    await resumed()
+    return socket
 
 
 async def _join(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
@@ -22,14 +23,14 @@ from aiohttp import WSMsgType, web
 from .authorization import BrowserRequest, JoinAuthorizer, JoinRequest, PassBack
 from .errors import AuthorizationError, AuthorizationTimeout, LimitReached, ResumeRefused
 from .gateway import Gateway, Services
-from .protocols import Hello, JoinToken, Opcode, ProtocolError, Role, codec_for
+from .protocols import Hello, JoinToken, Opcode, ProtocolError, Resume, Role, codec_for
 from .session.invitations import InvitationState
 from .session.participants import Participant
 from .session.sharing import Sharing
-from .session.sockets import close_socket
+from .session.sockets import Socket, close_socket
 from .session.stop import Stop, StopReason
 
-__all__ = ["Joined", "join_session", "take_part"]
+__all__ = ["Joined", "join_session", "resume_participant", "take_part"]
 
 log = logging.getLogger("terminal_proxy.session")
 
@@ -166,38 +167,176 @@ class Joined:
 
 async def take_part(joined: Joined) -> None:
     """Hello, then the participant's messages until its socket or the session ends."""
-    sharing, participant, session_id, how = (
-        joined.sharing,
-        joined.participant,
-        joined.session_id,
-        joined.how,
+    sharing, participant = joined.sharing, joined.participant
+    await _participate(
+        sharing, participant, joined.session_id, lambda: sharing.join(participant, joined.how)
     )
+
+
+async def _participate(
+    sharing: Sharing,
+    participant: Participant,
+    session_id: str,
+    start: Callable[[], None],
+    *,
+    resumed: bool = False,
+) -> None:
+    """One socket of a participant: hello, ``start`` (its output begins with a screen),
+    then its messages until it ends. A socket that ends without a normal close (1000)
+    detaches the participant for the resume grace."""
+    ws = participant.ws
     hello = Hello(
-        session_id, "", offset=sharing.offset, role=participant.role, participant=participant.id
+        session_id,
+        participant.tokens.new() if sharing.grace else "",
+        offset=sharing.offset,
+        resumed=resumed,
+        resume_grace=sharing.grace or None,
+        role=participant.role,
+        participant=participant.id,
     )
     for opcode, frame in participant.codec.encode(hello):
-        await participant.ws.send_frame(frame, WSMsgType(opcode))
-    sharing.join(participant, how)
-    ws = participant.ws
-    why = "left"
+        await ws.send_frame(frame, WSMsgType(opcode))
+    start()
+    why, clean = "left", False
     try:
         while True:
             msg = await ws.receive()
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                clean = msg.type is WSMsgType.CLOSE and msg.data == 1000
                 break
             payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
             opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
             try:
                 events = participant.codec.decode(opcode, payload)
             except ProtocolError as exc:
-                why = "protocol error"
+                why, clean = "protocol error", True
                 await participant.close(Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc)))
                 break
             for event in events:
                 await sharing.from_participant(participant, event)
-    finally:
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the connection drops: detach, as without it.
+        await _after(sharing, participant, ws, why, clean=False)
+        raise
+    await _after(sharing, participant, ws, why, clean=clean)
+
+
+async def _after(
+    sharing: Sharing, participant: Participant, ws: Socket, why: str, *, clean: bool
+) -> None:
+    if participant.ws is not ws:
+        return  # taken over by a resumed socket
+    if clean or participant.closing is not None or not sharing.grace:
         sharing.leave(participant, why)
         await participant.stop_sending()
+        return
+    await participant.pause()
+    participant.detach(sharing.grace, lambda: sharing.leave(participant, "resume grace expired"))
+    log.info(
+        "participant detached",
+        extra={"fields": {"session": sharing.session_id, "participant": participant.id}},
+    )
+
+
+async def resume_participant(
+    request: web.Request,
+    gateway: Gateway,
+    services: Services,
+    request_id: str,
+    browser_request: BrowserRequest,
+    browser: web.WebSocketResponse,
+) -> web.StreamResponse | Callable[[], Awaitable[None]]:
+    """``?resume=<session id>&participant=<id>``: a participant's new socket. Before the
+    upgrade: the participant must be there (404), and the authorization must still let
+    the same user join (its answer, or 403). After it: the token of its last hello (4009
+    when wrong). Returns a refusal, or what runs the participant on this socket (it keeps
+    its role and starts from a fresh screen)."""
+    session_id = request.query.get("resume", "")
+    participant_id = request.query.get("participant", "")
+    config = gateway.config
+    session = gateway.registry.resumable.get(session_id)
+    sharing = None if session is None else session.sharing
+    participant = None if sharing is None else sharing.participants.get(participant_id)
+    if session is None or sharing is None or participant is None:
+        raise _refused(404, "no such participant to resume")
+    authorizer = services.authorizer
+    if not isinstance(authorizer, JoinAuthorizer):
+        raise _refused(403, "joining is not supported on this route")
+    join = JoinRequest(session_id, session.grant.user, None)
+    try:
+        async with asyncio.timeout(config.limits.handshake_timeout or None):
+            answer = await authorizer.authorize_join(browser_request, join)
+    except TimeoutError:
+        raise AuthorizationTimeout(
+            "authorization took too long", detail="participant resume: authorization timed out"
+        ) from None
+    if isinstance(answer, PassBack):
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    if (answer.user or browser_request.client_ip) != participant.user:
+        raise _refused(403, "resume refused: the authorization names another user")
+    await browser.prepare(request)
+    gateway.metrics.handshakes.labels("101").inc()
+    first = await _first(browser, config.limits.handshake_timeout)
+    if isinstance(first, Stop):
+        await close_socket(browser, first, config.session.close_timeout)
+        return browser
+    if first.session != session_id or participant.tokens.take(first.token) is None:
+        await close_socket(browser, Stop(StopReason.RESUME_BAD_TOKEN), config.session.close_timeout)
+        return browser
+    if (
+        participant.closing is not None
+        or sharing.participants.get(participant_id) is not participant
+    ):
+        await close_socket(browser, Stop(StopReason.RESUME_UNKNOWN), config.session.close_timeout)
+        return browser
+    old = participant.ws
+    if not participant.detached:
+        await participant.pause()
+    participant.ws = browser
+    if old is not browser and not old.closed:
+        await close_socket(old, Stop(StopReason.TAKEN_OVER), config.session.close_timeout)
+    log.info(
+        "participant resumed",
+        extra={
+            "fields": {
+                "request_id": request_id,
+                "session": session_id,
+                "participant": participant_id,
+            }
+        },
+    )
+
+    async def take_part_again() -> None:
+        await _participate(
+            sharing,
+            participant,
+            session_id,
+            lambda: participant.attach(browser, sharing),
+            resumed=True,
+        )
+
+    return take_part_again
+
+
+async def _first(ws: web.WebSocketResponse, limit: float) -> Resume | Stop:
+    codec = codec_for(ws.ws_protocol or "", Role.SERVER)
+    try:
+        msg = await ws.receive(timeout=limit or FIRST_MESSAGE_TIMEOUT)
+    except TimeoutError:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "no resume message in time")
+    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        return Stop(StopReason.BROWSER_LEFT, "browser left before resuming")
+    payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+    opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
+    try:
+        events = codec.decode(opcode, payload)
+    except ProtocolError as exc:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
+    if len(events) != 1 or not isinstance(events[0], Resume):
+        return Stop(
+            StopReason.BROWSER_PROTOCOL_ERROR, "the first message of a resume must be 'resume'"
+        )
+    return events[0]
 
 
 async def _join_token(ws: web.WebSocketResponse, limit: float) -> str | Stop:

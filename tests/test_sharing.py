@@ -439,3 +439,62 @@ def test_share_requests_are_checked_by_the_codec() -> None:
     ):
         with pytest.raises(ProtocolError):
             decode(bad)
+
+
+async def _resume_viewer(
+    browser: aiohttp.ClientSession, server: TestServer, session: str, hello: dict[str, Any]
+) -> Peer:
+    url = str(server.make_url(ENV_PATH)) + f"?resume={session}&participant={hello['participant']}"
+    ws = await browser.ws_connect(url, protocols=[TERMINAL_PROXY])
+    peer = Peer(ws)
+    await peer.send(
+        {"type": "resume", "session": session, "token": hello["token"], "received": 0, "sent": 0}
+    )
+    return peer
+
+
+async def test_a_participant_resumes_and_gets_a_fresh_screen(
+    shared: TestServer, kube: Kube, browser: aiohttp.ClientSession
+) -> None:
+    term, upstream = await owner_term(browser, shared, kube)
+    session = session_of(term)
+    viewer = await join(browser, shared, session)
+    hello = await viewer.message("hello")
+    assert hello["token"] and hello["resume_grace"] == 300
+    await viewer.message("screen")
+    connection = viewer.ws._conn
+    assert connection is not None and connection.transport is not None
+    connection.transport.abort()  # no close frame: detached, not gone
+    await upstream.send(1, b"while-you-were-away\r\n")
+    await term.read_until(b"while-you-were-away\r\n")
+
+    # A wrong token: 4009, and the participant is still resumable.
+    wrong = await _resume_viewer(browser, shared, session, hello | {"token": "x" * 43})
+    assert (await wrong.closed())[0] == 4009
+    back = await _resume_viewer(browser, shared, session, hello)
+    again = await back.message("hello")
+    assert (again["resumed"], again["role"], again["participant"]) == (
+        True,
+        "viewer",
+        hello["participant"],
+    )
+    assert again["token"] != hello["token"]
+    screen = await back.message("screen")
+    assert "while-you-were-away" in screen["data"]
+    await term.send_stdin(b"echo after-resume\r")
+    await back.until_output(b"\r\nafter-resume\r\n")
+    # The used token does not work twice.
+    twice = await _resume_viewer(browser, shared, session, hello)
+    assert (await twice.closed())[0] == 4009
+    # A clean close: gone for good.
+    await back.ws.close()
+    people = await owner_message(term, "participants")
+    while len(people["items"]) != 1:
+        people = await owner_message(term, "participants")
+    status, body, _ = await raw_handshake(
+        browser,
+        str(shared.make_url(ENV_PATH)) + f"?resume={session}&participant={hello['participant']}",
+        protocols=TERMINAL_PROXY,
+    )
+    assert (status, body.partition("\n")[0]) == (404, "no such participant to resume")
+    await term.ws.close()

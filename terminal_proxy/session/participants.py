@@ -14,12 +14,14 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import WSMsgType
 
 from ..protocols import Codec, Event, Output, SharingNotice
 from ..tasks import cancel_and_wait, spawn
+from .resumable import ResumeTokens
 from .sockets import Socket, close_socket
 from .stop import Stop
 
@@ -72,6 +74,33 @@ class Participant:
         # When the last "refused" notice went out (at most one a second).
         self._refused_at = 0.0
         self.closing: Stop | None = None
+        # Resume (docs/sharing.md): single-use tokens, and the grace timer while detached.
+        self.tokens = ResumeTokens()
+        self._grace: asyncio.TimerHandle | None = None
+
+    @property
+    def detached(self) -> bool:
+        return self._grace is not None
+
+    def detach(self, grace: float, expire: Callable[[], None]) -> None:
+        """The socket is gone without a normal close: wait ``grace`` seconds for a resume
+        (output meanwhile goes into the terminal model only), then ``expire``."""
+        self.stale = True
+        self._queue.clear()
+        self._queued = 0
+        self._grace = asyncio.get_running_loop().call_later(grace, expire)
+
+    def attach(self, ws: Socket, screen: Screen) -> None:
+        """A resumed socket: it starts from a fresh snapshot."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.ws = ws
+        self.stale = True
+        self._queue.clear()
+        self._queued = 0
+        self._wake.set()
+        self.start(screen)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -88,7 +117,7 @@ class Participant:
 
     def push_output(self, data: bytes) -> None:
         """Queue output; past the bound, drop the queue and start over from a snapshot."""
-        if self.stale:
+        if self.stale or self._grace is not None:
             return  # the snapshot the sender takes next has these bytes
         if self._queued + len(data) > self._limit:
             self._queue.clear()
@@ -164,6 +193,13 @@ class Participant:
         await self.stop_sending()
         await close_socket(self.ws, self.closing, self._close_timeout)
 
-    async def stop_sending(self) -> None:
+    async def pause(self) -> None:
+        """Stop the sender (the socket is gone; a resume starts another)."""
         if self._sender is not None:
             await cancel_and_wait([self._sender])
+
+    async def stop_sending(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        await self.pause()

@@ -351,6 +351,7 @@ class Session:
             max_participants=self.max_participants,
             buffer=self.limits.max_buffer,
             close_timeout=self.limits.close_timeout,
+            grace=self.limits.resume_grace,
             to_owner=owner.send_event,
             to_upstream=self._to_upstream,
             audit=self.audit,

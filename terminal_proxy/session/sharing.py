@@ -60,6 +60,7 @@ class Sharing:
         max_participants: int,
         buffer: int,
         close_timeout: float,
+        grace: float,
         to_owner: Callable[[Event], Awaitable[bool]],
         to_upstream: Callable[[Event], Awaitable[bool]],
         audit: Audit,
@@ -73,6 +74,8 @@ class Sharing:
         self.max_participants = max_participants
         self._buffer = buffer
         self._close_timeout = close_timeout
+        # How long a participant whose socket dropped waits for its resume (0: none).
+        self.grace = grace
         self._to_owner = to_owner
         self._to_upstream = to_upstream
         self._audit = audit
@@ -123,6 +126,8 @@ class Sharing:
         return len(self.participants) >= self.max_participants
 
     def join(self, participant: Participant, how: str) -> None:
+        """Admit ``participant``: its hello is the caller's, then it starts from a
+        snapshot."""
         self.participants[participant.id] = participant
         self.history.append(participant.describe() | {"joined": round(time.time(), 3)})
         participant.start(self)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.test_browser_demo import (
     CHROMIUM_FLAGS,
@@ -62,8 +63,11 @@ async def owner_page(chromium: Browser, demo: Demo) -> tuple[BrowserContext, Pag
     context = await chromium.new_context(viewport={"width": 1000, "height": 600})
     page = await context.new_page()
     await page.goto(demo.url)
-    await page.wait_for_function("() => window.terminalProxy && window.terminalProxy.role")
     await wait_for_screen(page, r"^\$ ")
+    try:
+        await page.wait_for_function("() => window.terminalProxy.role", timeout=10_000)
+    except PlaywrightTimeoutError:
+        pytest.fail("the gateway's hello names no role: the server side of sharing is missing")
     assert await page.evaluate("() => window.terminalProxy.role") == "owner"
     await page.locator(".xterm-helper-textarea").focus()
     return context, page

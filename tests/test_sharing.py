@@ -17,6 +17,7 @@ import socket
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestServer
 
+from terminal_proxy.app import GATEWAY
 from terminal_proxy.protocols import TERMINAL_PROXY, ShareRequest
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
@@ -498,3 +500,41 @@ async def test_a_participant_resumes_and_gets_a_fresh_screen(
     )
     assert (status, body.partition("\n")[0]) == (404, "no such participant to resume")
     await term.ws.close()
+
+
+async def test_the_recording_lists_the_participants(
+    auth_api: FakeAuthApi,
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    use_native(auth_api, "alice")
+    auth_api.join_user = {"username": "bob"}
+    server = await make_gateway(
+        authorization={"contract": "native"},
+        recording={"routes": ["environment"], "dir": str(tmp_path), "input": True},
+    )
+    term, _ = await owner_term(browser, server, kube)
+    (relay,) = server.app[GATEWAY].registry.live
+    auth_api.join_role = "writer"
+    writer = await join(browser, server, session_of(term))
+    hello = await writer.message("hello")
+    await writer.message("screen")
+    await writer.ws.send_bytes(b"echo typed-by-bob\r")
+    await term.read_until(b"\r\ntyped-by-bob\r\n")
+    await writer.ws.close()
+    await term.ws.close()
+    await asyncio.wait_for(asyncio.shield(relay.done), WAIT)
+    (cast,) = tmp_path.glob("*.cast")
+    meta = json.loads(cast.with_suffix(".json").read_text())
+    (entry,) = meta["participants"]
+    assert (entry["participant"], entry["user"], entry["role"]) == (
+        hello["participant"],
+        "bob",
+        "writer",
+    )
+    assert entry["joined"] <= entry["left"]
+    # The writer's input is recorded like the owner's.
+    assert "typed-by-bob" in cast.read_text()
+    assert "sharing started" in cast.read_text()

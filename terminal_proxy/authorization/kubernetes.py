@@ -8,7 +8,8 @@ cluster whether this user may ``create pods/exec`` (or ``pods/attach``) and ``ge
 the target; the grant dials the cluster's exec URL with the gateway's own credentials plus
 ``Impersonate-User`` / ``Impersonate-Group``, so the API server applies RBAC as the user and
 its audit log names them. Every re-poll re-runs the review: a revoked RoleBinding ends the
-session with 4001.
+session with 4001. A join of a shared session on the pod is reviewed the same way: ``get``
+on the pod makes a viewer, ``create`` on the exec/attach subresource too a writer.
 
 The cluster-client layer (clusters, identity, reviews) is ``terminal_proxy.kube``.
 """
@@ -23,7 +24,7 @@ from ..errors import AuthorizationUnavailable
 from ..kube.cluster import Cluster, ClusterError
 from ..kube.identity import Identity, IdentityVerifier
 from ..kube.review import AccessCheck, impersonation_headers, review
-from . import BrowserRequest, Grant, PassBack, passback
+from . import BrowserRequest, Grant, JoinGrant, JoinRequest, PassBack, passback
 from .kube_target import kube_target
 
 __all__ = ["KubernetesAuthorizer"]
@@ -82,6 +83,24 @@ class KubernetesAuthorizer:
         denied = await review(cluster, identity, self._checks(verb, groups))
         # The same grant (not rebuilt): a rotated gateway token must not end the session.
         return grant if denied is None else denied
+
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        """A join of a shared terminal on this pod (docs/sharing.md): a viewer needs ``get``
+        on the pod, a writer also ``create`` on its ``pods/exec`` (or ``pods/attach``),
+        reviewed as the joining user."""
+        target = self._target(request)
+        if isinstance(target, PassBack):
+            return target
+        cluster, identity, verb, groups = target
+        namespace, pod = groups["namespace"], groups["pod"]
+        denied = await review(cluster, identity, [AccessCheck("get", "pods", namespace, name=pod)])
+        if denied is not None:
+            return denied
+        write = AccessCheck("create", "pods", namespace, subresource=verb, name=pod)
+        role = "writer" if await review(cluster, identity, [write]) is None else "viewer"
+        return JoinGrant(role, user=identity.user, groups=identity.groups)
 
     async def aclose(self) -> None:
         return None

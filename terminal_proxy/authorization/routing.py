@@ -18,6 +18,9 @@ from . import (
     BrowserRequest,
     Extension,
     Grant,
+    JoinAuthorizer,
+    JoinGrant,
+    JoinRequest,
     PassBack,
     extend_by,
     offer_of,
@@ -87,6 +90,14 @@ class RoutingAuthorizer:
         if authorizer is None:
             return passback(404, "no authorizer for this route")
         return await authorizer.reauthorize(request, grant)
+
+    async def authorize_join(
+        self, request: BrowserRequest, join: JoinRequest
+    ) -> JoinGrant | PassBack:
+        authorizer = self._for(request)
+        if not isinstance(authorizer, JoinAuthorizer):
+            return passback(403, "joining is not supported on this route")
+        return await authorizer.authorize_join(request, join)
 
     def extension_offer(self, request: BrowserRequest) -> float | None:
         return offer_of(self._for(request), request)

@@ -4,6 +4,7 @@ the dial with the gateway's credentials plus impersonation; revocation via the r
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from terminal_proxy.authorization import BrowserRequest
 from terminal_proxy.config import KubernetesIdentityConfig, load_config
 from terminal_proxy.kube.cluster import ClusterError
 from terminal_proxy.kube.identity import Identity, IdentityVerifier
+from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.fakes.kube_cluster import FakeCluster, FakeRbac
 from tests.kube.setup import (
     GATEWAY_USER,
@@ -31,7 +33,7 @@ from tests.kube.setup import (
     start_gateway,
 )
 from tests.support.logcapture import remember_secret
-from tests.support.termclient import open_term, raw_handshake
+from tests.support.termclient import open_term, raw_handshake, wait_hello
 
 PATH = "/k8s/dev/default/mypod/main/terminal.ws"
 
@@ -351,3 +353,28 @@ def test_unreadable_jwt_keys_are_reported(tmp_path: Path) -> None:
         )
         with pytest.raises(ClusterError, match=problem):
             IdentityVerifier(identity)
+
+
+async def test_joins_of_a_shared_terminal_are_access_reviews(
+    gateway: TestServer, ckube: ClusterKube, rbac: FakeRbac, browser: aiohttp.ClientSession
+) -> None:
+    """docs/sharing.md: on a Kubernetes route, ``get`` on the pod makes a viewer, ``create``
+    on pods/exec too a writer, nothing a 403 naming what is missing."""
+    allow_alice(rbac)
+    rbac.allow("carol", ["get"], ["pods"], namespaces=["default"])
+    url = str(gateway.make_url(PATH))
+    term = await open_term(browser, url, TERMINAL_PROXY, headers=_as("alice"))
+    hello = await wait_hello(term)
+    await ckube.next_session()
+    for user, role in (("alice", "writer"), ("carol", "viewer")):
+        ws = await browser.ws_connect(
+            f"{url}?join={hello.session}", protocols=[TERMINAL_PROXY], headers=_as(user)
+        )
+        first = json.loads((await ws.receive()).data)
+        assert (first["type"], first["role"]) == ("hello", role), user
+        await ws.close()
+    status, body, _ = await raw_handshake(
+        browser, f"{url}?join={hello.session}", protocols=TERMINAL_PROXY, headers=_as("dave")
+    )
+    assert status == 403 and "may not get pods on default/mypod" in body
+    await term.ws.close()

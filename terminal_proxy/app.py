@@ -63,6 +63,8 @@ def build_app(
         extra_routes(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_clients)
+    if config.cluster.enabled:
+        app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_metrics_listener)
     app.on_shutdown.append(drain)
     return app
@@ -107,6 +109,30 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         audit.close()
         await dialer.aclose()
         await authorizer.aclose()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode (``cluster.redis_url``): the limits count across replicas, sessions
+    are registered and revocations pushed through Redis (docs/cluster.md)."""
+    # Redis is imported only when a cluster is configured.
+    from .cluster.agent import CLUSTER, ClusterAgent
+
+    gateway = app[GATEWAY]
+    agent = ClusterAgent(gateway.config, gateway.registry, gateway.metrics.registry)
+    gateway.registry.shared = agent.counts
+    gateway.not_ready = agent.ready_problem
+    app[CLUSTER] = agent
+    await agent.start()
+    log.info(
+        "cluster: replica %s on Redis %s (%s)",
+        agent.replica_id,
+        gateway.config.cluster.redis_url,
+        agent.state.value,
+    )
+    try:
+        yield
+    finally:
+        await agent.aclose()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -192,6 +218,10 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _readiness(request: web.Request) -> web.Response:
-    if request.app[GATEWAY].draining:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
         return web.Response(status=503, text="draining\n")
+    problem = gateway.not_ready() if gateway.not_ready is not None else ""
+    if problem:
+        return web.Response(status=503, text=f"{problem}\n")
     return web.Response(text="ready\n")

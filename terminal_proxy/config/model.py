@@ -179,6 +179,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``cluster:``: several replicas sharing limits, a session registry and revocation
+    through Redis (docs/cluster.md). Off while ``redis_url`` is empty."""
+
+    # redis://HOST:PORT/DB or rediss:// (TLS); "": no cluster (the default).
+    redis_url: str = ""
+    # File holding the Redis AUTH password (read at start); None: no password.
+    password_file: str | None = None
+    password: str = field(default="", repr=False)
+    # CA bundle verifying a rediss:// server; None: the system's CAs.
+    tls_ca_file: str | None = None
+    # Lease of this replica and of each of its sessions, seconds; renewed every lease/3.
+    lease: float = 15.0
+    # New sessions while Redis cannot be reached: "refuse" (503) or "local" (this
+    # replica's own limits only).
+    on_redis_down: Literal["refuse", "local"] = "refuse"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditConfig:
     # One JSON line per session open and end.
     enabled: bool = False
@@ -311,6 +334,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 

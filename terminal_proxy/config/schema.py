@@ -16,6 +16,7 @@ from .model import (
     AuditConfig,
     AuthorizationConfig,
     BrowserConfig,
+    ClusterConfig,
     Config,
     LimitsConfig,
     LoggingConfig,
@@ -42,6 +43,7 @@ from .parsers import (
     _parse_network,
     _parse_origin,
     _parse_pattern,
+    _parse_redis_url,
     _parse_route_name,
     _read_secret_env,
     _read_secret_file,
@@ -110,6 +112,33 @@ def _finish_tls(
             nodes.get(present, node), _join(key, missing), f"is required when {present} is set"
         )
     return tls
+
+
+def _finish_cluster(
+    reader: _Reader, cluster: ClusterConfig, nodes: Mapping[str, Node], key: str, node: Node | None
+) -> ClusterConfig:
+    """The Redis password is read at start (the file may be a mounted Secret)."""
+    if cluster.password_file is None:
+        return cluster
+    try:
+        with open(cluster.password_file, encoding="utf-8") as file:
+            password = file.read(4097).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        reader.report(
+            nodes.get("password_file", node),
+            _join(key, "password_file"),
+            f"cannot read {cluster.password_file!r}: {reason}",
+        )
+        return cluster
+    if not password or len(password) > 4096:
+        reader.report(
+            nodes.get("password_file", node),
+            _join(key, "password_file"),
+            f"{cluster.password_file!r} must hold a password of 1 to 4096 characters",
+        )
+        return cluster
+    return dataclasses.replace(cluster, password=password)
 
 
 def _finish_route(
@@ -316,6 +345,17 @@ _CONFIG: Final = _Section(
             _finish_tls,
         ),
         "metrics": _Section(MetricsConfig, {"listen": _scalar(_optional_listen)}),
+        "cluster": _Section(
+            ClusterConfig,
+            {
+                "redis_url": _scalar(_parse_redis_url),
+                "password_file": _scalar(_optional_text),
+                "tls_ca_file": _scalar(_optional_text),
+                "lease": _POSITIVE,
+                "on_redis_down": _scalar(_choice("refuse", "local")),
+            },
+            _finish_cluster,
+        ),
         "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
         "recording": _Section(
             RecordingConfig,

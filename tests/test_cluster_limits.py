@@ -13,10 +13,17 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp.test_utils import TestServer
 
 from terminal_proxy.app import GATEWAY
-from terminal_proxy.cluster.agent import CLUSTER, ClusterAgent
+from terminal_proxy.cluster import keys
+from terminal_proxy.cluster.agent import CLUSTER, ClusterAgent, RedisState
+from terminal_proxy.cluster.directory import RedisDirectory
+from terminal_proxy.cluster.redis import connect
+from terminal_proxy.cluster.registry import list_sessions
+from terminal_proxy.cluster.revoke import Revocation, parse, publish
+from terminal_proxy.config import load_config
 from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
@@ -78,8 +85,8 @@ async def opened(browser: aiohttp.ClientSession, server: TestServer) -> Term:
 
 
 async def test_per_user_limit_holds_across_replicas(
-    make_gateway: GatewayFactory,
     redis_server: RedisServer,
+    make_gateway: GatewayFactory,
     auth_api: FakeAuthApi,
     kube: Kube,
     browser: aiohttp.ClientSession,
@@ -117,3 +124,201 @@ async def test_per_user_limit_holds_across_replicas(
     third = await opened(browser, servers[2])
     await third.ws.close()
     await terms[1].ws.close()
+
+
+async def test_max_sessions_counts_across_replicas(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """limits.max_sessions 2 over two replicas: one on each, the third is 503."""
+    native_user(auth_api, "alice")
+    a, b = [
+        await replica(make_gateway, redis_server, name, limits={"max_sessions": 2})
+        for name in ("a", "b")
+    ]
+    first, second = await opened(browser, a), await opened(browser, b)
+    status, body, _ = await raw_handshake(
+        browser, str(a.make_url(ENV_PATH)), protocols=TERMINAL_PROXY
+    )
+    assert (status, body.partition("\n")[0]) == (
+        503,
+        "the gateway is at its limit of open terminals; try again later",
+    )
+    await first.ws.close()
+    await ended([a, b], first)
+    third = await opened(browser, a)
+    for term in (second, third):
+        await term.ws.close()
+
+
+async def test_revocation_closes_the_users_sessions_on_every_replica(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """A message on the channel closes alice's sessions on both replicas with 4001 and
+    the reason within a second; bob's session carries on."""
+    servers = [await replica(make_gateway, redis_server, name) for name in ("a", "b")]
+    native_user(auth_api, "alice")
+    alices = [await opened(browser, server) for server in servers]
+    native_user(auth_api, "bob")
+    bob = await opened(browser, servers[0])
+    client = redis_server.client()
+    try:
+        started = asyncio.get_running_loop().time()
+        listeners = await publish(client, Revocation("user", "alice", "account blocked"))
+        assert listeners == 2
+        closes = await asyncio.gather(*(term.wait_closed() for term in alices))
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        await client.aclose()
+    assert closes == [(4001, "authorization revoked: account blocked")] * 2
+    assert took < 1.0, took
+    await bob.send_stdin(b"echo still-here\r")
+    await bob.read_until(b"\r\nstill-here\r\n")
+    await bob.ws.close()
+
+
+def test_revocation_messages_are_checked() -> None:
+    assert parse('{"user": "alice", "reason": "x"}') == Revocation("user", "alice", "x")
+    assert parse('{"session": "a.0123"}') == Revocation("session", "a.0123", "")
+    assert parse('{"route": "pods", "reason": "line\\nbreak"}').reason == "line break"
+    assert len(parse('{"user": "a", "reason": "' + "x" * 500 + '"}').reason) == 96
+    for bad, why in [
+        ("nope", "not JSON"),
+        ("[]", "not a JSON object"),
+        ('{"user": "a", "route": "b"}', "exactly one"),
+        ('{"user": ""}', "non-empty string"),
+        ('{"user": "a", "reason": 1}', '"reason" must be a string'),
+        ('{"user": "a", "by": "me"}', "unknown fields: by"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse(bad)
+    assert Revocation("user", "alice", "r").encode() == '{"user":"alice","reason":"r"}'
+
+
+async def test_redis_down_refuses_new_sessions_and_never_cuts_live_ones(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """Redis killed: the live session carries on, a new one is 503 (on_redis_down:
+    refuse, the default), readiness says why. Redis back (empty, no persistence): the
+    heartbeat re-registers the live session and new sessions are admitted again."""
+    native_user(auth_api, "alice")
+    server = await replica(make_gateway, redis_server, "a", cluster={"lease": "3s"})
+    agent = agent_of(server)
+    term = await opened(browser, server)
+    url = str(server.make_url(ENV_PATH))
+
+    await redis_server.stop()
+    await term.send_stdin(b"echo alive\r")
+    await term.read_until(b"\r\nalive\r\n")
+    status, body, _ = await raw_handshake(browser, url, protocols=TERMINAL_PROXY)
+    assert (status, body.partition("\n")[0]) == (
+        503,
+        "the cluster's session store cannot be reached; try again shortly",
+    )
+    async with browser.get(server.make_url("/-/readiness")) as response:
+        assert response.status == 503
+        assert (await response.text()).startswith("redis unreachable: ")
+    await term.send_stdin(b"echo still-alive\r")
+    await term.read_until(b"\r\nstill-alive\r\n")
+
+    await redis_server.start()
+    async with asyncio.timeout(10):
+        await agent.wait_up()
+    client = redis_server.client()
+    try:
+        sessions = await list_sessions(client)
+    finally:
+        await client.aclose()
+    assert term.hello is not None
+    assert [(s.id, s.replica, s.user, s.phase) for s in sessions] == [
+        (term.hello.session, "a", "user:alice", "attached")
+    ]
+    async with browser.get(server.make_url("/-/readiness")) as response:
+        assert response.status == 200
+    second = await opened(browser, server)
+    await second.ws.close()
+    await term.ws.close()
+
+
+async def test_redis_down_with_local_fallback_admits_on_the_replicas_limits(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """on_redis_down: local: while Redis is down, the replica's own limits decide (and
+    readiness stays up); the session admitted meanwhile is registered when Redis returns."""
+    native_user(auth_api, "alice")
+    server = await replica(
+        make_gateway,
+        redis_server,
+        "a",
+        cluster={"on_redis_down": "local"},
+        limits={"max_sessions_per_user": 1},
+    )
+    agent = agent_of(server)
+    await redis_server.stop()
+    term = await opened(browser, server)
+    assert agent.state is RedisState.DOWN
+    status, _, _ = await raw_handshake(
+        browser, str(server.make_url(ENV_PATH)), protocols=TERMINAL_PROXY
+    )
+    assert status == 429
+    async with browser.get(server.make_url("/-/readiness")) as response:
+        assert response.status == 200
+    await redis_server.start()
+    async with asyncio.timeout(10):
+        await agent.wait_up()
+    client = redis_server.client()
+    try:
+        assert [s.id for s in await list_sessions(client)] == [term.hello and term.hello.session]
+    finally:
+        await client.aclose()
+    await term.ws.close()
+
+
+async def test_tls_and_password_to_redis(
+    make_gateway: GatewayFactory,
+    tmp_path: Path,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """rediss:// verified against the trustme CA, AUTH from the password file; the
+    replica registers itself in the directory with its lease."""
+    ca = trustme.CA()
+    async with RedisServer(tmp_path / "tls", tls=ca, password="pw-" + "x" * 20) as server:
+        native_user(auth_api, "alice")
+        gateway = await replica(make_gateway, server, "a")
+        assert agent_of(gateway).state is RedisState.UP
+        term = await opened(browser, gateway)
+        client = server.client()
+        try:
+            assert await client.zcard(keys.SESSIONS) == 1
+            assert await client.pttl(keys.replica_key("a")) > 0
+            assert await RedisDirectory(client).internal_url("a") is None
+            await client.hset(keys.replica_key("b"), "internal_url", "http://10.0.0.6:9100")
+            assert await RedisDirectory(client).internal_url("b") == "http://10.0.0.6:9100"
+        finally:
+            await client.aclose()
+        await term.ws.close()
+        # Without the CA the server is not believed.
+        config = load_config(f"cluster:\n  redis_url: {server.url}\n", environ={}).cluster
+        untrusting = connect(config)
+        try:
+            with pytest.raises(Exception, match="certificate verify failed"):
+                await untrusting.ping()
+        finally:
+            await untrusting.aclose()

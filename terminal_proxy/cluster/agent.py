@@ -96,6 +96,8 @@ class ClusterAgent:
         self._listener_client: Redis = connect(cluster, timeout=None)
         self._registry = registry
         self.state = RedisState.UNKNOWN
+        # Set while Redis is up (``wait_up``).
+        self._is_up = asyncio.Event()
         self.problem = ""
         self._started_ms = round(time.time() * 1000)
         self._held: dict[str, _Held] = {}
@@ -156,7 +158,10 @@ class ClusterAgent:
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=2)
+            if pending:
+                log.warning("cluster tasks did not stop: %s", sorted(t.get_name() for t in pending))
         self._tasks = []
         # Sessions ended by the drain are released now; the replica leaves the directory.
         try:
@@ -177,6 +182,10 @@ class ClusterAgent:
             return f"redis unreachable: {self.problem}"
         return ""
 
+    async def wait_up(self) -> None:
+        """Return once Redis is up (after a renewal that reached it)."""
+        await self._is_up.wait()
+
     def _failed(self, exc: BaseException) -> None:
         problem = _describe(exc)
         if self.state is not RedisState.DOWN:
@@ -188,6 +197,7 @@ class ClusterAgent:
                 else "count against this replica's limits only (cluster.on_redis_down: local)",
             )
         self.state = RedisState.DOWN
+        self._is_up.clear()
         self.problem = problem
         self.redis_up.set(0)
 
@@ -195,6 +205,7 @@ class ClusterAgent:
         if self.state is RedisState.DOWN:
             log.info("Redis reachable again: %d sessions re-registered", len(self._held))
         self.state = RedisState.UP
+        self._is_up.set()
         self.problem = ""
         self.redis_up.set(1)
 

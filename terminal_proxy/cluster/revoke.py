@@ -94,14 +94,22 @@ async def listen(
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(REVOKE_CHANNEL)
                 state(True, "")
-                while True:
+                while not _cancelling():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is None or message.get("type") != "message":
                         continue
                     _apply(message.get("data"), apply)
         except REDIS_ERRORS as exc:
             state(False, f"{type(exc).__name__}: {exc}")
+        if _cancelling():
+            # redis-py may swallow the cancellation of a read in progress.
+            raise asyncio.CancelledError
         await asyncio.sleep(_RESUBSCRIBE)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _apply(data: object, apply: Callable[[Revocation], int]) -> None:

@@ -29,6 +29,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.support.process import GatewayProcess, run_cli
+from tests.support.proxies import HAProxy
 from tests.support.redis import RedisServer
 from tests.support.termclient import Term, open_term, wait_hello
 from tests.test_cluster_limits import native_user
@@ -105,23 +106,55 @@ async def sessions_json(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def haproxy(tmp_path: Path, gateways: dict[str, GatewayProcess]) -> HAProxy:
+    """The shipped config/haproxy.cfg (round robin for new terminals) with a third server
+    line for replica c."""
+    addresses = {name: g.url.removeprefix("http://") for name, g in gateways.items()}
+    front = HAProxy(tmp_path / "haproxy", {"a": addresses["a"], "b": addresses["b"]})
+    line = f"    server b {addresses['b']} check\n"
+    text = front.config.read_text()
+    assert text.count(line) == 1
+    front.config.write_text(text.replace(line, f"{line}    server c {addresses['c']} check\n"))
+    return front
+
+
+@pytest.mark.parametrize("via", ["direct", pytest.param("haproxy", marks=pytest.mark.proxies)])
 async def test_per_user_limit_holds_across_three_replicas_under_a_burst(
-    tmp_path: Path, auth_api: FakeAuthApi, kube: Kube, secret: bytes, browser: aiohttp.ClientSession
+    via: str,
+    tmp_path: Path,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    secret: bytes,
+    browser: aiohttp.ClientSession,
 ) -> None:
-    """max_sessions_per_user 2: nine concurrent opens, three per replica, get exactly two
-    terminals; the rest are 429 naming the limit."""
+    """max_sessions_per_user 2: nine concurrent opens, three per replica (by the test, or
+    by HAProxy's round robin), get exactly two terminals; the rest are 429."""
     native_user(auth_api, "alice")
     limits = {"max_sessions_per_user": 2}
-    async with cluster(tmp_path, auth_api, kube, secret, limits=limits) as (_, path, gateways):
-        targets = [gateways[name] for name in NAMES for _ in range(3)]
+    async with AsyncExitStack() as stack:
+        _, path, gateways = await stack.enter_async_context(
+            cluster(tmp_path, auth_api, kube, secret, limits=limits)
+        )
+        if via == "direct":
+            urls = [gateways[name].url + ENV_PATH for name in NAMES for _ in range(3)]
+        else:
+            front = await stack.enter_async_context(haproxy(tmp_path, gateways))
+            urls = [front.url + ENV_PATH] * 9
 
-        async def attempt(gateway: GatewayProcess) -> Term | int:
+        async def attempt(url: str) -> Term | int:
             try:
-                return await open_on(browser, gateway)
+                term = await open_term(browser, url, TERMINAL_PROXY)
             except aiohttp.WSServerHandshakeError as exc:
                 return exc.status
+            await wait_hello(term)
+            return term
 
-        results = await asyncio.gather(*(attempt(g) for g in targets))
+        results = await asyncio.gather(*(attempt(url) for url in urls))
+        for gateway in gateways.values():
+            # Every replica took part (opened or refused).
+            await gateway.wait_for_line(
+                lambda line: "session opened" in line or "too many terminals" in line
+            )
         terms = [r for r in results if isinstance(r, Term)]
         assert len(terms) == 2, results
         assert sorted(r for r in results if isinstance(r, int)) == [429] * 7

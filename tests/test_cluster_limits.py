@@ -7,6 +7,7 @@ what happens while Redis is down. The three-process tests are tests/test_cluster
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.support.redis import RedisServer
-from tests.support.termclient import Term, open_term, raw_handshake, wait_hello
+from tests.support.termclient import Term, drop, open_term, raw_handshake, wait_hello
 
 pytestmark = pytest.mark.redis
 
@@ -322,3 +323,80 @@ async def test_tls_and_password_to_redis(
                 await untrusting.ping()
         finally:
             await untrusting.aclose()
+
+
+async def test_revocation_by_session_and_by_route(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """``session`` closes that one session; ``route`` every session of the route; a
+    malformed message closes nothing."""
+    native_user(auth_api, "alice")
+    server = await replica(make_gateway, redis_server, "a")
+    first, second = await opened(browser, server), await opened(browser, server)
+    route = next(iter(server.app[GATEWAY].registry.live)).request.route
+    assert route
+    client = redis_server.client()
+    try:
+        assert await client.publish(keys.REVOKE_CHANNEL, "{not json") == 1
+        assert first.hello is not None
+        await publish(client, Revocation("session", first.hello.session, "one"))
+        assert await first.wait_closed() == (4001, "authorization revoked: one")
+        await echo_term(second, "spared")
+        await publish(client, Revocation("route", route))
+        assert await second.wait_closed() == (4001, "authorization revoked")
+    finally:
+        await client.aclose()
+
+
+async def echo_term(term: Term, text: str) -> None:
+    await term.send_stdin(f"echo {text}\r".encode())
+    await term.read_until(f"\r\n{text}\r\n".encode())
+
+
+async def test_registry_phases_and_the_cluster_metrics(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """The registry says attached / detached; /metrics shows Redis up and the sessions by
+    replica from the registry (after a heartbeat)."""
+    native_user(auth_api, "alice")
+    a = await replica(make_gateway, redis_server, "a", metrics={"listen": "127.0.0.1:0"})
+    b = await replica(make_gateway, redis_server, "b")
+    on_a, on_b = await opened(browser, a), await opened(browser, b)
+    assert on_b.hello is not None
+    detached = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "browser detached":
+                detached.set()
+
+    watch = Watch()
+    logging.getLogger("terminal_proxy.session").addHandler(watch)
+    try:
+        drop(on_b)
+        await asyncio.wait_for(detached.wait(), 10)
+    finally:
+        logging.getLogger("terminal_proxy.session").removeHandler(watch)
+    assert b.app[GATEWAY].registry.detached() == 1
+    # b renews (its count), then a (which reads every replica's count).
+    for server in (b, a):
+        await agent_of(server).heartbeat()
+    client = redis_server.client()
+    try:
+        phases = {s.replica: s.phase for s in await list_sessions(client)}
+    finally:
+        await client.aclose()
+    assert phases == {"a": "attached", "b": "detached"}
+    text = a.app[GATEWAY].metrics.render().decode()
+    assert "terminal_proxy_cluster_redis_up 1.0" in text
+    assert 'terminal_proxy_cluster_sessions{replica="a"} 1.0' in text
+    assert 'terminal_proxy_cluster_sessions{replica="b"} 1.0' in text
+    await on_a.ws.close()

@@ -145,7 +145,7 @@ class ClusterAgent:
     # -- the app's life
 
     async def start(self) -> None:
-        await self._heartbeat_once()
+        await self.heartbeat()
         self._tasks = [
             spawn(self._heartbeat(), name="cluster-heartbeat"),
             spawn(self._releases(), name="cluster-releases"),
@@ -264,9 +264,10 @@ class ClusterAgent:
             if self.state is RedisState.DOWN:
                 interval = min(interval, 1.0)
             await asyncio.sleep(interval)
-            await self._heartbeat_once()
+            await self.heartbeat()
 
-    async def _heartbeat_once(self) -> None:
+    async def heartbeat(self) -> None:
+        """Renew every lease now (the heartbeat task does it every lease/3)."""
         try:
             async with self._lock:
                 await self._renew_all()

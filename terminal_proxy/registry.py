@@ -50,6 +50,10 @@ class SharedCounts(Protocol):
 
     def release(self, claim: Claim) -> None: ...
 
+    async def settle(self) -> None:
+        """Wait (briefly) until the releases so far count in the shared count."""
+        ...
+
 
 class LocalCounts:
     """No shared count: this gateway's own limits are the only ones (single replica)."""
@@ -60,6 +64,9 @@ class LocalCounts:
         return None
 
     def release(self, claim: Claim) -> None:
+        return None
+
+    async def settle(self) -> None:
         return None
 
 
@@ -163,13 +170,17 @@ class Registry:
         """A session slot for ``user_key``; at the limit, the user's oldest detached
         session (browser gone, waiting for a resume) ends to make room, else 429. The
         shared count (if any) admits ``session_id`` too, with the same eviction."""
+        evicted = False
         if limit and self.per_user[user_key] >= limit:
-            await self._end_oldest_detached(user_key, close_timeout)
+            evicted = await self._end_oldest_detached(user_key, close_timeout)
         if limit and self.per_user[user_key] >= limit:
             raise per_user_limit(limit)
         if self.shared is LOCAL:
             return Slot(self.per_user, user_key)
         claim = Claim(session_id, user_key, route, max_sessions, limit)
+        if evicted:
+            # The ended session's release must count before this admission does.
+            await self.shared.settle()
         try:
             await self.shared.admit(claim)
         except LimitReached as exc:
@@ -179,6 +190,7 @@ class Registry:
                 user_key, close_timeout
             ):
                 raise
+            await self.shared.settle()
             await self.shared.admit(claim)
         return Slot(self.per_user, user_key, lambda: self.shared.release(claim))
 

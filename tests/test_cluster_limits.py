@@ -400,3 +400,41 @@ async def test_registry_phases_and_the_cluster_metrics(
     assert 'terminal_proxy_cluster_sessions{replica="a"} 1.0' in text
     assert 'terminal_proxy_cluster_sessions{replica="b"} 1.0' in text
     await on_a.ws.close()
+
+
+async def test_a_detached_session_makes_room_under_the_global_limit(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """Per-user limit 1: alice's detached session (browser gone) ends to make room for her
+    new one, as on a single replica; its lease is released before the new admission."""
+    native_user(auth_api, "alice")
+    server = await replica(make_gateway, redis_server, "a", limits={"max_sessions_per_user": 1})
+    first = await opened(browser, server)
+    detached = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "browser detached":
+                detached.set()
+
+    watch = Watch()
+    logging.getLogger("terminal_proxy.session").addHandler(watch)
+    try:
+        drop(first)
+        await asyncio.wait_for(detached.wait(), 10)
+    finally:
+        logging.getLogger("terminal_proxy.session").removeHandler(watch)
+    second = await opened(browser, server)
+    await echo_term(second, "room")
+    client = redis_server.client()
+    try:
+        assert [s.id for s in await list_sessions(client)] == [
+            second.hello and second.hello.session
+        ]
+    finally:
+        await client.aclose()
+    await second.ws.close()

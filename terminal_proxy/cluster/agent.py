@@ -7,6 +7,7 @@ the replica's view of Redis (up or down) for admissions, readiness and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -23,7 +24,7 @@ from ..session.stop import Stop, StopReason
 from ..tasks import spawn
 from . import keys
 from .limits import RedisCounts
-from .redis import REDIS_ERRORS, connect
+from .redis import COMMAND_TIMEOUT, REDIS_ERRORS, connect
 from .revoke import Revocation, listen
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class ClusterAgent:
             failed=self._failed,
             admitted=self._admitted,
             released=self._release,
+            settle=self.settled,
         )
         self.redis_up = Gauge(
             "terminal_proxy_cluster_redis_up",
@@ -219,6 +221,14 @@ class ClusterAgent:
             self._released.append(claim)
             self._release_seq += 1
             self._release_due.set()
+
+    async def settled(self) -> None:
+        """Wait until the releases queued so far have reached Redis (at most a couple of
+        seconds: with Redis down they wait for its return, and their leases expire)."""
+        target = self._release_seq
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * COMMAND_TIMEOUT), self._flushed:
+                await self._flushed.wait_for(lambda: self._flushed_seq >= target)
 
     async def forgotten(self, session_id: str) -> None:
         """Return once ``session_id`` is not held here and every release has reached

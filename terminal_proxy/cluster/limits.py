@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -71,6 +71,7 @@ class RedisCounts:
         failed: Callable[[BaseException], None],
         admitted: Callable[[Claim], None],
         released: Callable[[Claim], None],
+        settle: Callable[[], Awaitable[None]],
     ) -> None:
         self._client = client
         self._replica_id = replica_id
@@ -81,6 +82,7 @@ class RedisCounts:
         self._failed = failed
         self._admitted = admitted
         self._released = released
+        self._settle = settle
         self._admit = client.register_script(ADMIT)
         # Round trips of admissions (metrics, the load report).
         self.round_trips = 0
@@ -128,3 +130,6 @@ class RedisCounts:
 
     def release(self, claim: Claim) -> None:
         self._released(claim)
+
+    async def settle(self) -> None:
+        await self._settle()

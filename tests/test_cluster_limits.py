@@ -21,11 +21,14 @@ from terminal_proxy.app import GATEWAY
 from terminal_proxy.cluster import keys
 from terminal_proxy.cluster.agent import CLUSTER, ClusterAgent, RedisState
 from terminal_proxy.cluster.directory import RedisDirectory
+from terminal_proxy.cluster.limits import RedisCounts
 from terminal_proxy.cluster.redis import connect
 from terminal_proxy.cluster.registry import list_sessions
 from terminal_proxy.cluster.revoke import Revocation, parse, publish
 from terminal_proxy.config import load_config
+from terminal_proxy.errors import LimitReached
 from terminal_proxy.protocols import TERMINAL_PROXY
+from terminal_proxy.registry import Claim
 from tests.conftest import ENV_PATH, GatewayFactory, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.support.redis import RedisServer
@@ -438,3 +441,40 @@ async def test_a_detached_session_makes_room_under_the_global_limit(
     finally:
         await client.aclose()
     await second.ws.close()
+
+
+async def test_a_burst_of_admissions_waits_for_connections_and_takes_one_round_trip_each(
+    redis_server: RedisServer,
+) -> None:
+    """300 admissions at once share the client's bounded pool (none fails for want of a
+    connection) and each is exactly one round trip; the limit holds exactly."""
+    config = load_config(f"cluster:\n  redis_url: {redis_server.url}\n").cluster
+    client = connect(config)
+    admitted: list[Claim] = []
+    counts = RedisCounts(
+        client,
+        replica_id="a",
+        lease=15,
+        on_redis_down="refuse",
+        healthy=lambda: True,
+        failed=lambda exc: pytest.fail(f"Redis failed: {exc!r}"),
+        admitted=admitted.append,
+        released=lambda claim: None,
+        settle=lambda: asyncio.sleep(0),
+    )
+
+    async def attempt(i: int) -> int:
+        try:
+            await counts.admit(Claim(f"a.{i:016x}", f"user:u{i % 3}", "r", 250, 0))
+        except LimitReached as exc:
+            assert exc.limit == "sessions"
+            return 503
+        return 0
+
+    try:
+        results = await asyncio.gather(*(attempt(i) for i in range(300)))
+    finally:
+        await client.aclose()
+    assert results.count(0) == len(admitted) == 250
+    assert results.count(503) == 50
+    assert counts.round_trips == 300

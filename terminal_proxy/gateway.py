@@ -8,6 +8,7 @@ them), so a handler asks ``gateway.services()`` once instead of checking each of
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,9 @@ class Gateway:
     metrics_fd_budget: int = 0
     # build_app's authorizer (the demo's, tests'), used instead of the configured one.
     given_authorizer: Authorizer | None = None
+    # Why this replica should get no new traffic beyond draining ("" when none): the
+    # cluster's Redis trouble (cluster mode only).
+    not_ready: Callable[[], str] | None = None
     # Set while the app runs (cleanup context); see services().
     running: Services | None = None
     # cluster.peers: passes resumes and joins of other replicas' sessions to them.

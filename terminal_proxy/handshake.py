@@ -451,6 +451,9 @@ async def _open(
         key,
         config.limits.max_sessions_per_user,
         config.session.close_timeout,
+        session_id=request_id,
+        route=route,
+        max_sessions=config.limits.max_sessions,
     )
     with slot:
         dial_started = time.monotonic()

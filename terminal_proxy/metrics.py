@@ -47,7 +47,15 @@ _DURATION_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 24 * 3
 AUTHORIZATION_OUTCOMES = ("granted", "refused", "unavailable", "timeout", "invalid")
 DIAL_FAILURES = ("not_allowed", "refused", "tls", "rejected", "timeout", "failed")
 REPOLL_OUTCOMES = ("unchanged", "changed", "revoked", "failed")
-LIMITS = ("sessions", "per_user", "pending", "handshake_timeout", "client_rate", "user_rate")
+LIMITS = (
+    "sessions",
+    "per_user",
+    "pending",
+    "handshake_timeout",
+    "client_rate",
+    "user_rate",
+    "redis_down",
+)
 # Connections closed by a listener before any request was handled (terminal_proxy/listener.py).
 CONNECTION_REFUSALS = ("max_http_connections", "fd_budget", "head_timeout")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,12 @@ DEFAULTS = [
     ("tls.cert_file", None),
     ("tls.key_file", None),
     ("metrics.listen", None),
+    ("cluster.redis_url", ""),
+    ("cluster.password_file", None),
+    ("cluster.password", ""),
+    ("cluster.tls_ca_file", None),
+    ("cluster.lease", 15.0),
+    ("cluster.on_redis_down", "refuse"),
     ("cluster.internal_listen", None),
     ("cluster.internal_url", ""),
     ("cluster.peers", ()),
@@ -281,6 +288,11 @@ tls:
 metrics:
   listen: 0.0.0.0:9181
 cluster:
+  redis_url: rediss://redis.example:6380/2
+  password_file: null
+  tls_ca_file: /etc/redis-ca.pem
+  lease: 9s
+  on_redis_down: local
   internal_listen: 0.0.0.0:9100
   internal_url: http://10.0.0.5:9100
   peers: {a: "http://10.0.0.5:9100", b: "http://10.0.0.6:9100"}
@@ -413,6 +425,13 @@ EVERY_KEY = [
     ("tls.cert_file", "/etc/tp/tls.crt"),
     ("tls.key_file", "/etc/tp/tls.key"),
     ("metrics.listen", ListenAddress("0.0.0.0", 9181)),
+    ("cluster.redis_url", "rediss://redis.example:6380/2"),
+    # Read from a real file in test_cluster_password_file.
+    ("cluster.password_file", None),
+    ("cluster.password", ""),
+    ("cluster.tls_ca_file", "/etc/redis-ca.pem"),
+    ("cluster.lease", 9.0),
+    ("cluster.on_redis_down", "local"),
     ("cluster.internal_listen", ListenAddress("0.0.0.0", 9100)),
     ("cluster.internal_url", "http://10.0.0.5:9100"),
     ("cluster.peers", (("a", "http://10.0.0.5:9100"), ("b", "http://10.0.0.6:9100"))),
@@ -1406,3 +1425,39 @@ def test_tls_files_are_checked_for_serving(secret_file: Path, tmp_path: Path) ->
     problems = validate_for_serving(config)
     assert [p.key for p in problems] == ["tls.cert_file"]
     assert str(cert) in problems[0].message
+
+
+def test_cluster_password_file(tmp_path: Path) -> None:
+    """The Redis password is read at start from its file (trailing newline dropped) and
+    never shows in the config's repr; an unreadable file is an error naming the key."""
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("s3cret-pw\n")
+    config = load_config(
+        f"cluster:\n  redis_url: redis://r:6379/0\n  password_file: {password_file}\n"
+    )
+    assert config.cluster.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(config)
+    with pytest.raises(ConfigError, match=r"cluster\.password_file: cannot read"):
+        load_config(f"cluster:\n  password_file: {tmp_path / 'missing'}\n")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://r:6379", "must be redis://"),
+        ("redis://:pw@r:6379/0", "password_file, not the URL"),
+        ("redis://r:6379/0?x=1", "only a database number"),
+        ("redis://r:99999/0", "invalid port"),
+    ],
+)
+def test_cluster_redis_url_is_checked(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(f"cluster:\n  redis_url: {json.dumps(url)}\n")
+
+
+def test_cluster_needs_a_replica_id_to_serve() -> None:
+    config = load_config("cluster:\n  redis_url: redis://r:6379/0\n")
+    problems = [str(p) for p in validate_for_serving(config)]
+    assert any("session.replica_id: is required when cluster.redis_url" in p for p in problems)
+    named = config.with_overrides(replica_id="a")
+    assert not [p for p in validate_for_serving(named) if "replica_id" in str(p)]

@@ -294,6 +294,7 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 OVERLAY_RBAC = {
+    "cluster": set(),
     "gitlab-contract": set(),
     "kubernetes-native": {"terminal-proxy-kubernetes"},
     "provisioned-terminals": {"terminal-proxy-kubernetes", "terminal-proxy-provision"},
@@ -303,7 +304,7 @@ OVERLAY_RBAC = {
 @pytest.mark.kubectl
 @pytest.mark.parametrize("overlay", sorted(OVERLAY_RBAC))
 def test_overlay_renders_valid_manifests_and_a_servable_config(
-    kubectl_binary: Path, overlay: str
+    kubectl_binary: Path, overlay: str, tmp_path: Path
 ) -> None:
     """``kubectl kustomize deploy/kustomize/<overlay>``: every document valid for Kubernetes,
     all in one namespace; the config passes our loader and is ready to serve; the
@@ -322,7 +323,24 @@ def test_overlay_renders_valid_manifests_and_a_servable_config(
         for name, item in env.items()
         if "valueFrom" in item
     }
-    config = load_config(one(docs, "ConfigMap")["data"]["config.yaml"], environ=secrets)
+    text = one(docs, "ConfigMap")["data"]["config.yaml"]
+    if overlay == "cluster":
+        # The Redis password file is the mounted Secret; here a file with a password.
+        password_file = tmp_path / "password"
+        password_file.write_text("pw\n")
+        text = text.replace("/etc/terminal-proxy-redis/password", str(password_file))
+    config = load_config(text, environ=secrets)
+    if overlay == "cluster":
+        # The pod name, through $TERMINAL_PROXY_REPLICA_ID.
+        assert "TERMINAL_PROXY_REPLICA_ID" in env
+        config = config.with_overrides(replica_id="terminal-proxy-0")
+        assert config.cluster.redis_url == "redis://terminal-proxy-redis:6379/0"
+        assert config.cluster.password == "pw"
+        assert one(docs, "Deployment")["spec"]["replicas"] == 3
+        redis = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+        assert redis["automountServiceAccountToken"] is False
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["redis-password"] == "/etc/terminal-proxy-redis"
     assert validate_for_serving(config) == []
     assert str(config.listen) == "0.0.0.0:8181" and config.metrics.listen is not None
     account = one(docs, "ServiceAccount")["metadata"]["name"]
@@ -337,7 +355,7 @@ def test_overlay_renders_valid_manifests_and_a_servable_config(
     }
     assert bound == roles
     kinds = {route.kind for route in config.routes}
-    if overlay == "gitlab-contract":
+    if overlay in ("gitlab-contract", "cluster"):
         assert kinds == {"authorization"} and not config.kubernetes.clusters
         assert pod["automountServiceAccountToken"] is False
         assert "GITLAB_WORKHORSE_SECRET" in env

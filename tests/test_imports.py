@@ -176,3 +176,35 @@ def test_the_session_core_never_reaches_the_gateway_around_it() -> None:
 def test_the_codec_interface_never_reaches_a_codec() -> None:
     codecs = {f"{PACKAGE}.protocols.{name}" for name in ("gitlab", "kubernetes", "terminal_proxy")}
     assert _reaches(f"{PACKAGE}.protocols.base") & codecs == set()
+
+
+def test_the_handshake_never_reaches_the_cluster() -> None:
+    """Redis stays behind registry.SharedCounts: the handshake, the registry, the gateway
+    and the session core never import the cluster package (app.py does, lazily, only
+    when cluster.redis_url is set)."""
+    cluster = _under(f"{PACKAGE}.cluster")
+    assert cluster, "the cluster package is read"
+    modules = {f"{PACKAGE}.{name}" for name in ("handshake", "registry", "gateway", "resume")}
+    for module in modules | _under(f"{PACKAGE}.session") | _under(f"{PACKAGE}.config"):
+        assert _reaches(module) & cluster == set(), module
+
+
+def test_single_replica_mode_never_imports_redis() -> None:
+    """Without cluster.redis_url, building and importing the app loads no Redis code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from terminal_proxy.app import build_app\n"
+        "from terminal_proxy.cli import main\n"
+        "from terminal_proxy.config import default_config\n"
+        "build_app(default_config())\n"
+        "loaded = sorted(m for m in sys.modules if m == 'redis' or m.startswith(('redis.', "
+        "'terminal_proxy.cluster')))\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-__all__ = ["ReplicaDirectory", "StaticDirectory"]
+from redis.asyncio import Redis
+
+from . import keys
+from .redis import REDIS_ERRORS
+
+__all__ = ["RedisDirectory", "ReplicaDirectory", "StaticDirectory"]
+
+log = logging.getLogger("terminal_proxy.cluster")
 
 
 class ReplicaDirectory(Protocol):
@@ -27,3 +35,22 @@ class StaticDirectory:
 
     async def internal_url(self, replica_id: str) -> str | None:
         return self._urls.get(replica_id)
+
+
+class RedisDirectory:
+    """The replicas' keys in Redis (``terminal-proxy:replica:<id>``, a hash whose
+    ``internal_url`` each replica's heartbeat writes; it expires with the replica's
+    lease). A Redis that cannot be reached knows no replica (logged)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+
+    async def internal_url(self, replica_id: str) -> str | None:
+        try:
+            url = await self._client.hget(keys.replica_key(replica_id), "internal_url")
+        except REDIS_ERRORS as exc:
+            log.warning("replica directory: Redis unreachable (%s)", type(exc).__name__)
+            return None
+        return str(url) if url else None

@@ -88,6 +88,16 @@ def validate_for_serving(config: Config, *, source: str = "config") -> list[Prob
         )
     elif _lacks_secret(config.authorization):
         problems.append(Problem(source, None, "authorization.secret_file", _GITLAB_NEEDS_KEY))
+    if config.cluster.enabled and not config.session.replica_id:
+        problems.append(
+            Problem(
+                source,
+                None,
+                "session.replica_id",
+                "is required when cluster.redis_url is set (session ids and leases name "
+                "the replica that holds them; --replica-id or $TERMINAL_PROXY_REPLICA_ID)",
+            )
+        )
     tls = config.tls
     if tls.cert_file is not None and tls.key_file is not None:
         try:

@@ -182,8 +182,22 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """``cluster:``: several replicas serving one set of sessions (docs/cluster.md)."""
+    """``cluster:``: several replicas serving one set of sessions (docs/cluster.md): limits,
+    a session registry and revocation through Redis (off while ``redis_url`` is empty), and
+    resumes and joins forwarded to the replica holding the session."""
 
+    # redis://HOST:PORT/DB or rediss:// (TLS); "": no Redis (the default).
+    redis_url: str = ""
+    # File holding the Redis AUTH password (read at start); None: no password.
+    password_file: str | None = None
+    password: str = field(default="", repr=False)
+    # CA bundle verifying a rediss:// server; None: the system's CAs.
+    tls_ca_file: str | None = None
+    # Lease of this replica and of each of its sessions, seconds; renewed every lease/3.
+    lease: float = 15.0
+    # New sessions while Redis cannot be reached: "refuse" (503) or "local" (this
+    # replica's own limits only).
+    on_redis_down: Literal["refuse", "local"] = "refuse"
     # Where this replica takes requests forwarded by the other replicas (resumes and joins
     # of its sessions that reached another replica); None: off. Never expose it to browsers.
     internal_listen: ListenAddress | None = None
@@ -192,15 +206,20 @@ class ClusterConfig:
     # The other replicas' internal URLs by replica id (a static directory).
     peers: tuple[tuple[str, str], ...] = ()
     # Shared key (base64, 32 bytes) signing replica-to-replica requests, from a file or an
-    # environment variable; required when internal_listen or peers is set.
+    # environment variable; required when internal_listen, or peers, is set.
     secret_file: str | None = None
     secret_env: str | None = None
     secret: Secret | None = None
 
     @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
     def forwarding(self) -> bool:
-        """Requests for other replicas' sessions are forwarded (else answered 404 here)."""
-        return bool(self.peers)
+        """Requests for other replicas' sessions are forwarded (else answered 404 here):
+        with static peers, or with Redis as the directory."""
+        return bool(self.peers) or (self.enabled and self.secret is not None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,6 +259,29 @@ def _parse_peers(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(peers))
 
 
+def _parse_redis_url(value: object) -> str:
+    """``cluster.redis_url``: redis:// or rediss://, a host, an optional /DB; no password
+    in the URL (it would show in logs and ``ps``: use password_file)."""
+    if value is None:
+        return ""
+    url = _text(value, "a URL")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    bad = f"invalid Redis URL {url!r}"
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"{bad} (must be redis://HOST:PORT/DB or rediss://HOST:PORT/DB)")
+    if parts.password is not None:
+        raise ValueError(f"{bad} (put the password in cluster.password_file, not the URL)")
+    if parts.query or parts.fragment or not re.fullmatch(r"(/\d{0,5})?", parts.path):
+        raise ValueError(f"{bad} (only a database number may follow the host)")
+    try:
+        parts.port  # noqa: B018  (raises for a bad port)
+    except ValueError:
+        raise ValueError(f"{bad} (invalid port)") from None
+    return url
+
+
 def _read_secret_file(path: str) -> Secret:
     try:
         with open(path, "rb") as file:

@@ -45,6 +45,7 @@ from .parsers import (
     _parse_origin,
     _parse_pattern,
     _parse_peers,
+    _parse_redis_url,
     _parse_route_name,
     _read_secret_env,
     _read_secret_file,
@@ -118,6 +119,8 @@ def _finish_tls(
 def _finish_cluster(
     reader: _Reader, cluster: ClusterConfig, nodes: Mapping[str, Node], key: str, node: Node | None
 ) -> ClusterConfig:
+    """The replicas' signing key and the Redis password are read at start (the files may
+    be mounted Secrets)."""
     if cluster.secret_file is not None and cluster.secret_env is not None:
         reader.report(
             nodes["secret_env"], _join(key, "secret_env"), "set either secret_file or secret_env"
@@ -140,7 +143,27 @@ def _finish_cluster(
             "is required when internal_listen or peers is set (it signs replica-to-replica "
             "requests; or secret_env)",
         )
-    return cluster
+    if cluster.password_file is None:
+        return cluster
+    try:
+        with open(cluster.password_file, encoding="utf-8") as file:
+            password = file.read(4097).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        reader.report(
+            nodes.get("password_file", node),
+            _join(key, "password_file"),
+            f"cannot read {cluster.password_file!r}: {reason}",
+        )
+        return cluster
+    if not password or len(password) > 4096:
+        reader.report(
+            nodes.get("password_file", node),
+            _join(key, "password_file"),
+            f"{cluster.password_file!r} must hold a password of 1 to 4096 characters",
+        )
+        return cluster
+    return dataclasses.replace(cluster, password=password)
 
 
 def _finish_route(
@@ -351,6 +374,11 @@ _CONFIG: Final = _Section(
         "cluster": _Section(
             ClusterConfig,
             {
+                "redis_url": _scalar(_parse_redis_url),
+                "password_file": _scalar(_optional_text),
+                "tls_ca_file": _scalar(_optional_text),
+                "lease": _POSITIVE,
+                "on_redis_down": _scalar(_choice("refuse", "local")),
                 "internal_listen": _scalar(_optional_listen),
                 "internal_url": _scalar(_parse_internal_url),
                 "peers": _scalar(_parse_peers),

@@ -78,6 +78,9 @@ class Stop:
     reason: StopReason
     detail: str = ""
     exit_code: int | None = None
+    # Said to the browser after the code's text ("authorization revoked: <public>"):
+    # the reason an operator or the web app gave with a pushed revocation.
+    public: str = ""
 
     @property
     def browser_code(self) -> int:
@@ -91,6 +94,8 @@ class Stop:
     def browser_reason(self) -> str:
         template = CLOSE_CODES[self.reason][1]
         text = template.format(exit_code=self.exit_code, detail=self.detail or "closed")
+        if self.public:
+            text = f"{text}: {self.public}"
         return truncate(text, 123)
 
 

@@ -26,7 +26,11 @@ from .upstream import Dialer
 if TYPE_CHECKING:
     from .cluster.forward import Forwarder
 
-__all__ = ["GATEWAY", "Gateway", "Services"]
+__all__ = ["FORWARDED_BY", "GATEWAY", "Gateway", "Services"]
+
+# The request key the internal listener (cluster/internal.py) sets to the id of the
+# replica that forwarded the request; the handshake then trusts that replica as a proxy.
+FORWARDED_BY = "terminal_proxy.forwarded_by"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, web
 
 from .authorization import BrowserRequest, Grant, PassBack
-from .cluster.signing import FORWARDED_BY
 from .config import Config, IPNetwork
 from .errors import (
     AuthorizationError,
@@ -35,7 +34,7 @@ from .errors import (
     UpgradeNotAllowed,
     UpstreamError,
 )
-from .gateway import GATEWAY, Gateway, Services
+from .gateway import FORWARDED_BY, GATEWAY, Gateway, Services
 from .join import join_session, resume_participant, take_part
 from .metrics import dial_failure_reason
 from .observability import ended_fields, opened_fields

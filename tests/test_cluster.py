@@ -29,9 +29,9 @@ from terminal_proxy.protocols import TERMINAL_PROXY
 from tests.conftest import ENV_PATH, Kube
 from tests.fakes.auth_api import FakeAuthApi
 from tests.support.process import GatewayProcess, run_cli
-from tests.support.proxies import HAProxy
+from tests.support.proxies import HAProxy, free_port
 from tests.support.redis import RedisServer
-from tests.support.termclient import Term, open_term, wait_hello
+from tests.support.termclient import Term, drop, open_term, resume_term, wait_hello
 from tests.test_cluster_limits import native_user
 
 pytestmark = pytest.mark.redis
@@ -286,3 +286,59 @@ async def test_redis_restart_never_cuts_live_sessions_and_the_registry_recovers(
         ]
         for term in terms.values():
             await term.ws.close()
+
+
+async def test_resumes_and_joins_reaching_another_replica_are_forwarded_through_redis(
+    tmp_path: Path,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    secret: bytes,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """No static peers: each replica advertises its internal URL in Redis (the directory,
+    with its lease), and a resume or a join of a's session sent to b or c is forwarded to
+    a: the exact replay for the resume, a viewer's hello and screen for the join."""
+    native_user(auth_api, "alice")
+    auth_api.join_user = {"username": "bob"}
+    key = tmp_path / "cluster-secret"
+    key.write_text(base64.b64encode(b"k" * 32).decode())
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(RedisServer(tmp_path / "redis"))
+        replicas = {}
+        for name in NAMES:
+            internal = f"127.0.0.1:{free_port()}"
+            cluster_section = redis.cluster_config(lease=f"{LEASE:g}s") | {
+                "internal_listen": internal,
+                "internal_url": f"http://{internal}",
+                "secret_file": str(key),
+            }
+            home = tmp_path / name
+            home.mkdir()
+            path = write_config(home, auth_api, kube, secret, redis, cluster=cluster_section)
+            replicas[name] = await stack.enter_async_context(
+                GatewayProcess(["serve", "--config", str(path), "--replica-id", name])
+            )
+        term = await open_on(browser, replicas["a"])
+        upstream = await kube.next_session()
+        await echo(term, "before")
+        assert term.hello is not None and term.hello.session.startswith("a.")
+        session = term.hello.session
+
+        viewer = await browser.ws_connect(
+            f"{replicas['c'].url}{ENV_PATH}?join={session}", protocols=[TERMINAL_PROXY]
+        )
+        hello = json.loads((await viewer.receive()).data)
+        assert (hello["type"], hello["role"], hello["session"]) == ("hello", "viewer", session)
+        screen = json.loads((await viewer.receive()).data)
+        assert screen["type"] == "screen" and "before" in screen["data"]
+
+        drop(term)
+        await replicas["a"].wait_for_line(lambda s: "browser detached" in s)
+        await upstream.send(1, b"while-away\r\n")
+        resumed = await resume_term(browser, replicas["b"].url + ENV_PATH, term)
+        assert resumed.hello is not None and resumed.hello.resumed
+        await resumed.read_until(b"while-away\r\n")
+        await echo(resumed, "after")
+        await replicas["b"].wait_for_line(lambda s: "forwarded to replica a" in s)
+        await viewer.close()
+        await resumed.ws.close()

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from ..config import ListenAddress
-from .signing import FORWARDED_BY, HEADER, NonceCache, SignatureRejected, verify
+from ..gateway import FORWARDED_BY
+from .signing import HEADER, NonceCache, SignatureRejected, verify
 
 __all__ = ["internal_listener"]
 

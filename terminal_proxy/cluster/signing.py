@@ -18,11 +18,10 @@ import re
 import secrets
 from collections import OrderedDict
 
-__all__ = ["FORWARDED_BY", "HEADER", "WINDOW", "NonceCache", "SignatureRejected", "sign", "verify"]
+__all__ = ["HEADER", "WINDOW", "NonceCache", "SignatureRejected", "sign", "verify"]
 
 HEADER = "Terminal-Proxy-Replica"
-# The request key the internal listener sets to the forwarding replica's id.
-FORWARDED_BY = "terminal_proxy.forwarded_by"
+
 # Seconds a signed request stays valid either side of the receiver's clock.
 WINDOW = 30.0
 # Nonces remembered (at most; older ones are outside the window anyway).

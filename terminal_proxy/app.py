@@ -126,6 +126,11 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
         internal_url=_advertised(gateway.config.cluster),
     )
     gateway.registry.shared = agent.counts
+    limits = gateway.config.limits
+    if limits.client_handshake_rate or limits.user_handshake_rate:
+        from .cluster.rates import RedisRates
+
+        gateway.shared_rates = RedisRates(agent.client)
     gateway.not_ready = agent.ready_problem
     app[CLUSTER] = agent
     await agent.start()

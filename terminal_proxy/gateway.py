@@ -18,7 +18,7 @@ from .audit import AuditLog
 from .authorization import Authorizer
 from .config import Config
 from .metrics import Metrics
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SharedRates
 from .registry import Registry
 from .replay import ReplayBudget
 from .upstream import Dialer
@@ -67,6 +67,8 @@ class Gateway:
     # Handshake rate limits (limits.*_handshake_rate), by client address and by user.
     client_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
     user_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    # Cluster mode: the same buckets across replicas (cluster/rates.py).
+    shared_rates: SharedRates | None = None
     # Descriptors the metrics listener may use (listener.fd_budget); 0: no budget.
     metrics_fd_budget: int = 0
     # build_app's authorizer (the demo's, tests'), used instead of the configured one.

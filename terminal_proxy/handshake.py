@@ -205,7 +205,11 @@ async def _terminal(
     holder = _holder(gateway, request, chosen) if forwarded_by is None else ""
     if holder:
         return await _forward(request, gateway, holder, scheme, browser_request, request_id)
-    wait = gateway.client_rate.take(client_key(browser_request.client_ip))
+    client = client_key(browser_request.client_ip)
+    wait = gateway.client_rate.take(client)
+    if not wait and gateway.shared_rates is not None and gateway.client_rate.enabled:
+        rate, burst = config.limits.client_handshake_rate, config.limits.client_handshake_burst
+        wait = await gateway.shared_rates.take("client", client, rate, burst) or 0.0
     if wait:
         raise LimitReached(
             "client_rate",
@@ -439,6 +443,9 @@ async def _open(
 
     key = user_key(answer, browser_request)
     wait = gateway.user_rate.take(key)
+    if not wait and gateway.shared_rates is not None and gateway.user_rate.enabled:
+        rate, burst = config.limits.user_handshake_rate, config.limits.user_handshake_burst
+        wait = await gateway.shared_rates.take("user", key, rate, burst) or 0.0
     if wait:
         raise LimitReached(
             "user_rate",

@@ -4,7 +4,8 @@ A bucket holds up to ``burst`` tokens and gains ``rate`` per second; a handshake
 one or is refused with the time until the next token (429 with ``Retry-After``). A full
 bucket is the same as none, so buckets idle long enough to refill are evicted; the
 table is also capped (least recently used first), so memory stays bounded whatever the
-number of addresses.
+number of addresses. In cluster mode the handshake also takes a token from the same
+bucket in Redis (``SharedRates``), so the rate holds across replicas.
 """
 
 from __future__ import annotations
@@ -13,8 +14,19 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["RateLimiter", "client_key"]
+__all__ = ["RateLimiter", "SharedRates", "client_key"]
+
+
+class SharedRates(Protocol):
+    """The same buckets across every replica (cluster mode: ``cluster/rates.py``)."""
+
+    async def take(self, kind: str, key: str, rate: float, burst: int) -> float | None:
+        """Take a token of ``kind``'s bucket for ``key``: 0.0 when granted, else seconds
+        until one is due; None when the shared buckets cannot be reached (this replica's
+        own buckets decide alone)."""
+        ...
 
 
 class RateLimiter:

@@ -478,3 +478,37 @@ async def test_a_burst_of_admissions_waits_for_connections_and_takes_one_round_t
     assert results.count(0) == len(admitted) == 250
     assert results.count(503) == 50
     assert counts.round_trips == 300
+
+
+async def test_handshake_rates_hold_across_replicas(
+    redis_server: RedisServer,
+    make_gateway: GatewayFactory,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """A burst of 2 per client and per user, three replicas: two terminals in all, then
+    429 with Retry-After on every replica (each alone would still have tokens)."""
+    native_user(auth_api, "alice")
+    limits = {
+        "client_handshake_rate": 0.01,
+        "client_handshake_burst": 2,
+        "user_handshake_rate": 0.01,
+        "user_handshake_burst": 3,
+    }
+    servers = [await replica(make_gateway, redis_server, n, limits=limits) for n in "abc"]
+    first = await opened(browser, servers[0])
+    second = await opened(browser, servers[1])
+    for server in servers:
+        status, body, headers = await raw_handshake(
+            browser, str(server.make_url(ENV_PATH)), protocols=TERMINAL_PROXY
+        )
+        assert status == 429 and "from your address" in body, (status, body)
+        assert int(headers["Retry-After"]) >= 1
+    client = redis_server.client()
+    try:
+        assert await client.exists("terminal-proxy:rate:client:127.0.0.1") == 1
+    finally:
+        await client.aclose()
+    await first.ws.close()
+    await second.ws.close()

@@ -33,3 +33,8 @@ def session_key(session_id: str) -> str:
 def replica_key(replica_id: str) -> str:
     """HASH of one replica: internal_url, sessions, started (expires with its lease)."""
     return f"{_PREFIX}replica:{replica_id}"
+
+
+def rate_key(kind: str, key: str) -> str:
+    """HASH of one handshake-rate bucket (tokens, at); expires once it would be full."""
+    return f"{_PREFIX}rate:{kind}:{key}"

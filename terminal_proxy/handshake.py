@@ -225,7 +225,8 @@ async def _terminal(
     resume = query.get("resume") or query.get("join") or "" if chosen == TERMINAL_PROXY else ""
     registry.check_capacity(limits.max_pending_handshakes, limits.max_sessions, resume=resume)
     if chosen == TERMINAL_PROXY and "resume" in request.query:
-        if "participant" in request.query:
+        # The owner's own socket says participant=owner (its hello names it so): its resume.
+        if request.query.get("participant", "owner") != "owner":
             return await _resume_participant(
                 request, gateway, services, request_id, browser_request
             )

@@ -538,3 +538,32 @@ async def test_the_recording_lists_the_participants(
     # The writer's input is recorded like the owner's.
     assert "typed-by-bob" in cast.read_text()
     assert "sharing started" in cast.read_text()
+
+
+async def test_the_owners_resume_names_it_the_owner(
+    shared: TestServer, kube: Kube, browser: aiohttp.ClientSession
+) -> None:
+    """The owner's hello says participant "owner"; the web client resumes with
+    ``&participant=owner``: that is the owner's own resume, replay and all."""
+    term, upstream = await owner_term(browser, shared, kube)
+    assert term.hello is not None and term.hello.session
+    session, token = term.hello.session, term.hello.token
+    connection = term.ws._conn
+    assert connection is not None and connection.transport is not None
+    connection.transport.abort()
+    await upstream.send(1, b"missed-while-away\r\n")
+    url = str(shared.make_url(ENV_PATH)) + f"?resume={session}&participant=owner"
+    back = Peer(await browser.ws_connect(url, protocols=[TERMINAL_PROXY]))
+    await back.send(
+        {
+            "type": "resume",
+            "session": session,
+            "token": token,
+            "received": term.offset,
+            "sent": len(term.sent_input),
+        }
+    )
+    hello = await back.message("hello")
+    assert (hello["resumed"], hello["role"], hello["participant"]) == (True, "owner", "owner")
+    await back.until_output(b"missed-while-away\r\n")
+    await back.ws.close()

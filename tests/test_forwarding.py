@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -157,6 +158,7 @@ async def test_a_resume_reaching_another_replica_gets_the_exact_replay(
         assert again.hello is not None and again.hello.resumed
         await again.send_stdin(b"echo third\r")
         await again.read_until(b"\r\nthird\r\n")
+        # (Below, the holder ends the session; see the next test for a holder that dies.)
         # The process exits: its last output and the exit code reach the browser through
         # the forwarding, then the holder's close code and reason.
         await upstream.send(1, b"last words\r\n")
@@ -395,3 +397,25 @@ def test_bad_cluster_settings_say_what_is_wrong(tmp_path: Path, text: str, probl
     key.write_text(base64.b64encode(b"k" * 32).decode())
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_config(text.format(key=key))
+
+
+async def test_a_holder_that_dies_drops_the_browser_so_it_resumes(
+    tmp_path: Path,
+    auth_api: FakeAuthApi,
+    kube: Kube,
+    secret: bytes,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """The link to the holder ends without a close frame (the holder died, or the network
+    between replicas broke): the browser's connection is dropped the same way (1006), the
+    one case the web client resumes on, rather than closed with a code that ends it."""
+    async with cluster(tmp_path, auth_api, kube, secret) as c:
+        term, _ = await open_on(browser, c.url("a"), kube)
+        drop(term)
+        assert term.hello is not None
+        await logged(c.gateways["a"], "browser detached", term.hello.session)
+        resumed = await resume_term(browser, c.url("b"), term)
+        assert resumed.hello is not None and resumed.hello.resumed
+        await c.gateways["a"].stop(signal.SIGKILL)
+        code, _ = await resumed.wait_closed()
+        assert code == 1006, code

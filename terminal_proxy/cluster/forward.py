@@ -51,9 +51,6 @@ _OWN = frozenset(
 )
 # Headers of the holder's refusal that are not passed on.
 _NOT_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
-# An upgrade whose peer vanished without a close frame: 1014 "bad gateway" (RFC 6455
-# registry), as for an upstream that failed.
-_LOST = 1014
 
 
 def replica_of(session_id: str) -> str:
@@ -194,9 +191,8 @@ class Forwarder:
     ) -> None:
         """Both ways until both are closed; each way closes the other side with the code
         and reason its source closed with."""
-        lost = (_LOST, f"replica {replica} connection lost")
         tasks = [
-            spawn(_pipe(peer, browser, lost), name=f"forward-{request_id}-from-replica"),
+            spawn(_pipe(peer, browser, None), name=f"forward-{request_id}-from-replica"),
             spawn(
                 _pipe(browser, peer, (1001, "browser connection lost")),
                 name=f"forward-{request_id}-from-browser",
@@ -225,10 +221,13 @@ class Forwarder:
 async def _pipe(
     source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
     sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-    lost: tuple[int, str],
+    lost: tuple[int, str] | None,
 ) -> None:
     """Pass ``source``'s messages to ``sink`` in order; then close ``sink`` as ``source``
-    closed (or with ``lost`` when it vanished without a close frame)."""
+    closed. When ``source`` vanished without a close frame: close ``sink`` with ``lost``,
+    or (None) drop its connection without one too, so that a browser resumes as it would
+    have with the holder itself (the web client resumes after a 1006 only; a lost link
+    between replicas must not cost a live session)."""
     while True:
         msg = await source.receive()
         if msg.type is WSMsgType.BINARY:
@@ -241,12 +240,28 @@ async def _pipe(
             code, reason = int(msg.data), str(msg.extra or "")
             break
         else:  # CLOSING, CLOSED, ERROR: gone without (or after) a close frame
-            code, reason = (
-                (source.close_code, "") if source.close_code not in (None, 1006) else lost
-            )
+            if source.close_code not in (None, 1006):
+                code, reason = source.close_code or 1000, ""
+            elif lost is not None:
+                code, reason = lost
+            else:
+                _drop(sink)
+                return
             break
     if not sink.closed:
         await sink.close(code=code, message=reason.encode())
+
+
+def _drop(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> None:
+    """End ``ws``'s connection without a close frame."""
+    if isinstance(ws, web.WebSocketResponse):
+        writer = ws._writer  # aiohttp keeps the transport only there
+        transport = None if writer is None else writer.transport
+    else:
+        connection = ws._conn
+        transport = None if connection is None else connection.transport
+    if transport is not None:
+        transport.abort()
 
 
 async def _send(sending: Awaitable[None]) -> bool:

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from .authorization import BrowserRequest, JoinAuthorizer, JoinRequest, PassBack
 from .errors import AuthorizationError, AuthorizationTimeout, LimitReached, ResumeRefused
 from .gateway import Gateway, Services
-from .protocols import Hello, JoinToken, Opcode, ProtocolError, Resume, Role, codec_for
+from .protocols import Event, Hello, JoinToken, Opcode, ProtocolError, Resume, Role, codec_for
 from .session.invitations import InvitationState
 from .session.participants import Participant
 from .session.sharing import Sharing
@@ -276,8 +276,10 @@ async def resume_participant(
         raise _refused(403, "resume refused: the authorization names another user")
     await browser.prepare(request)
     gateway.metrics.handshakes.labels("101").inc()
-    first = await _first(browser, config.limits.handshake_timeout)
-    if isinstance(first, Stop):
+    first = await _first(browser, config.limits.handshake_timeout, "resume")
+    if not isinstance(first, Resume):
+        if not isinstance(first, Stop):
+            first = Stop(StopReason.BROWSER_PROTOCOL_ERROR, "the first message must be 'resume'")
         await close_socket(browser, first, config.session.close_timeout)
         return browser
     if first.session != session_id or participant.tokens.take(first.token) is None:
@@ -318,48 +320,35 @@ async def resume_participant(
     return take_part_again
 
 
-async def _first(ws: web.WebSocketResponse, limit: float) -> Resume | Stop:
+async def _first(ws: web.WebSocketResponse, limit: float, kind: str) -> Event | Stop:
+    """The one event of the socket's first message (``kind`` names it for the reasons),
+    or why there is none: no message in time, the browser gone, a malformed message."""
     codec = codec_for(ws.ws_protocol or "", Role.SERVER)
     try:
         msg = await ws.receive(timeout=limit or FIRST_MESSAGE_TIMEOUT)
     except TimeoutError:
-        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "no resume message in time")
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, f"no {kind} message in time")
     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return Stop(StopReason.BROWSER_LEFT, "browser left before resuming")
+        return Stop(StopReason.BROWSER_LEFT, f"browser left before its {kind} message")
     payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
     opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
     try:
         events = codec.decode(opcode, payload)
     except ProtocolError as exc:
         return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
-    if len(events) != 1 or not isinstance(events[0], Resume):
-        return Stop(
-            StopReason.BROWSER_PROTOCOL_ERROR, "the first message of a resume must be 'resume'"
-        )
+    if len(events) != 1:
+        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, f"the first message must be '{kind}'")
     return events[0]
 
 
 async def _join_token(ws: web.WebSocketResponse, limit: float) -> str | Stop:
     """The invitation's token from the first message, or why there is none."""
-    codec = codec_for(ws.ws_protocol or "", Role.SERVER)
-    try:
-        msg = await ws.receive(timeout=limit or FIRST_MESSAGE_TIMEOUT)
-    except TimeoutError:
-        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "no join message in time")
-    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return Stop(StopReason.BROWSER_LEFT, "browser left before joining")
-    payload = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-    opcode = Opcode.TEXT if msg.type is WSMsgType.TEXT else Opcode.BINARY
-    try:
-        events = codec.decode(opcode, payload)
-    except ProtocolError as exc:
-        return Stop(StopReason.BROWSER_PROTOCOL_ERROR, str(exc))
-    if len(events) != 1 or not isinstance(events[0], JoinToken):
-        return Stop(
-            StopReason.BROWSER_PROTOCOL_ERROR,
-            "the first message of an invitation join must be 'join'",
-        )
-    return events[0].token
+    first = await _first(ws, limit, "join")
+    if isinstance(first, JoinToken):
+        return first.token
+    if isinstance(first, Stop):
+        return first
+    return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "the first message must be 'join'")
 
 
 async def _close(ws: web.WebSocketResponse, code: int, reason: str, limit: float) -> None:

@@ -45,20 +45,7 @@ class NativeAuthorizer(HttpAuthorizer):
         return [("Accept", "application/json")]
 
     def parse(self, content_type: str, body: bytes) -> Grant:
-        if media_type(content_type) != "application/json":
-            raise InvalidAuthorization(
-                f"authorization API answered 200 with content type "
-                f"{media_type(content_type) or 'none'!r}, expected application/json"
-            )
-        doc = load_json(body)
-        if not isinstance(doc, dict):
-            raise _bad("(document)", "must be a JSON object")
-        for key in doc:
-            if key not in _TOP_KEYS:
-                raise _bad(str(key), "is not a known field")
-        version = doc.get("version", 1)
-        if isinstance(version, bool) or version != 1:
-            raise _bad("version", "must be 1")
+        doc = _document(content_type, body, _TOP_KEYS, "is not a known field")
         connection = doc.get("connection")
         if not isinstance(connection, dict):
             raise _bad("connection", "must be an object")
@@ -78,25 +65,36 @@ class NativeAuthorizer(HttpAuthorizer):
         return Grant(details, user=user, groups=groups, recording=recording)
 
     def parse_join(self, content_type: str, body: bytes) -> JoinGrant:
-        if media_type(content_type) != "application/json":
-            raise InvalidAuthorization(
-                f"authorization API answered 200 with content type "
-                f"{media_type(content_type) or 'none'!r}, expected application/json"
-            )
-        doc = load_json(body)
-        if not isinstance(doc, dict):
-            raise _bad("(document)", "must be a JSON object")
-        for key in doc:
-            if key not in _JOIN_KEYS:
-                raise _bad(str(key), "is not a known field of an answer to a join")
-        version = doc.get("version", 1)
-        if isinstance(version, bool) or version != 1:
-            raise _bad("version", "must be 1")
+        doc = _document(
+            content_type, body, _JOIN_KEYS, "is not a known field of an answer to a join"
+        )
         role = doc.get("role")
         if role is not None and role not in ("viewer", "writer"):
             raise _bad("role", "must be 'viewer' or 'writer'")
         user, groups = _user(doc.get("user"))
         return JoinGrant(role, user=user, groups=groups)
+
+
+def _document(
+    content_type: str, body: bytes, known: frozenset[str], unknown: str
+) -> dict[str, Any]:
+    """A 200 answer's JSON object: its content type, its keys (``known``; others are
+    refused with ``unknown``) and its version checked."""
+    if media_type(content_type) != "application/json":
+        raise InvalidAuthorization(
+            f"authorization API answered 200 with content type "
+            f"{media_type(content_type) or 'none'!r}, expected application/json"
+        )
+    doc = load_json(body)
+    if not isinstance(doc, dict):
+        raise _bad("(document)", "must be a JSON object")
+    for key in doc:
+        if key not in known:
+            raise _bad(str(key), unknown)
+    version = doc.get("version", 1)
+    if isinstance(version, bool) or version != 1:
+        raise _bad("version", "must be 1")
+    return doc
 
 
 def _recording(value: Any) -> RecordingRequest | None:

@@ -72,6 +72,7 @@ from .values import (
     PROVISION_KINDS,
     RouteConfig,
     RouteKind,
+    Secret,
 )
 
 
@@ -82,22 +83,7 @@ def _finish_authorization(
     key: str,
     node: Node | None,
 ) -> AuthorizationConfig:
-    secret = None
-    if auth.secret_file is not None and auth.secret_env is not None:
-        reader.report(
-            nodes["secret_env"],
-            _join(key, "secret_env"),
-            "set either secret_file or secret_env, not both",
-        )
-    elif auth.secret_file is not None or auth.secret_env is not None:
-        where = "secret_file" if auth.secret_file is not None else "secret_env"
-        try:
-            if auth.secret_file is not None:
-                secret = _read_secret_file(auth.secret_file)
-            else:
-                secret = _read_secret_env(str(auth.secret_env), reader.environ)
-        except ValueError as exc:
-            reader.report(nodes[where], _join(key, where), str(exc))
+    secret = _secret(reader, auth.secret_file, auth.secret_env, nodes, key)
     auth = dataclasses.replace(auth, secret=secret)
     if _lacks_secret(auth) and auth.secret_file is None and auth.secret_env is None:
         reader.report(node, _join(key, "secret_file"), _GITLAB_NEEDS_KEY)
@@ -116,26 +102,42 @@ def _finish_tls(
     return tls
 
 
+def _secret(
+    reader: _Reader,
+    file: str | None,
+    env: str | None,
+    nodes: Mapping[str, Node],
+    key: str,
+) -> Secret | None:
+    """A section's key from ``secret_file`` or ``secret_env`` (not both); None, and the
+    problem reported, when it cannot be read."""
+    if file is not None and env is not None:
+        reader.report(
+            nodes["secret_env"],
+            _join(key, "secret_env"),
+            "set either secret_file or secret_env, not both",
+        )
+        return None
+    if file is None and env is None:
+        return None
+    where = "secret_file" if file is not None else "secret_env"
+    try:
+        if file is not None:
+            return _read_secret_file(file)
+        return _read_secret_env(str(env), reader.environ)
+    except ValueError as exc:
+        reader.report(nodes[where], _join(key, where), str(exc))
+        return None
+
+
 def _finish_cluster(
     reader: _Reader, cluster: ClusterConfig, nodes: Mapping[str, Node], key: str, node: Node | None
 ) -> ClusterConfig:
     """The replicas' signing key and the Redis password are read at start (the files may
     be mounted Secrets)."""
-    if cluster.secret_file is not None and cluster.secret_env is not None:
-        reader.report(
-            nodes["secret_env"], _join(key, "secret_env"), "set either secret_file or secret_env"
-        )
-    elif cluster.secret_file is not None or cluster.secret_env is not None:
-        where = "secret_file" if cluster.secret_file is not None else "secret_env"
-        try:
-            if cluster.secret_file is not None:
-                secret = _read_secret_file(cluster.secret_file)
-            else:
-                secret = _read_secret_env(str(cluster.secret_env), reader.environ)
-        except ValueError as exc:
-            reader.report(nodes[where], _join(key, where), str(exc))
-        else:
-            cluster = dataclasses.replace(cluster, secret=secret)
+    if cluster.secret_file is not None or cluster.secret_env is not None:
+        secret = _secret(reader, cluster.secret_file, cluster.secret_env, nodes, key)
+        cluster = dataclasses.replace(cluster, secret=secret)
     elif cluster.internal_listen is not None or cluster.peers:
         reader.report(
             node,

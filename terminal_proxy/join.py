@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from .authorization import BrowserRequest, JoinAuthorizer, JoinRequest, PassBack
+from .authorization import BrowserRequest, JoinAuthorizer, JoinGrant, JoinRequest, PassBack
+from .config import Config
 from .errors import AuthorizationError, AuthorizationTimeout, LimitReached, ResumeRefused
 from .gateway import Gateway, Services
 from .protocols import Event, Hello, JoinToken, Opcode, ProtocolError, Resume, Role, codec_for
 from .session.invitations import InvitationState
 from .session.participants import Participant
+from .session.relay import Session
 from .session.sharing import Sharing
 from .session.sockets import Socket, close_socket
 from .session.stop import Stop, StopReason
@@ -78,28 +80,34 @@ async def join_session(
             joins.labels("invitation_closed").inc()
             why = "expired" if state is InvitationState.EXPIRED else "used up"
             raise _refused(410, f"invitation {why}")
-    authorizer = services.authorizer
-    if not isinstance(authorizer, JoinAuthorizer):
-        joins.labels("forbidden").inc()
-        raise _refused(403, "joining is not supported on this route")
-    join = JoinRequest(session_id, session.grant.user, invitation)
+    invited = None if invitation is None else sharing.invitations.role(invitation)
     fields["client"] = browser_request.client_ip
-    try:
-        async with asyncio.timeout(config.limits.handshake_timeout or None):
-            answer = await authorizer.authorize_join(browser_request, join)
-    except TimeoutError:
-        joins.labels("auth_unavailable").inc()
-        raise AuthorizationTimeout(
-            "authorization took too long", detail="join: authorization exceeded the timeout"
-        ) from None
-    except AuthorizationError:
-        joins.labels("auth_unavailable").inc()
-        raise
+    anonymous = invited == "viewer" and route in config.sharing.anonymous_viewers
+    if anonymous:
+        # The route lets a viewer invitation admit anyone holding its token.
+        answer: JoinGrant | PassBack = JoinGrant("viewer")
+    else:
+        authorizer = services.authorizer
+        if not isinstance(authorizer, JoinAuthorizer):
+            joins.labels("forbidden").inc()
+            raise _refused(403, "joining is not supported on this route")
+        join = JoinRequest(session_id, session.grant.user, invitation)
+        try:
+            async with asyncio.timeout(config.limits.handshake_timeout or None):
+                answer = await authorizer.authorize_join(browser_request, join)
+        except TimeoutError:
+            joins.labels("auth_unavailable").inc()
+            raise AuthorizationTimeout(
+                "authorization took too long", detail="join: authorization exceeded the timeout"
+            ) from None
+        except AuthorizationError:
+            joins.labels("auth_unavailable").inc()
+            raise
     if isinstance(answer, PassBack):
         joins.labels("forbidden").inc()
         log.info("join refused by the authorization", extra={"fields": fields})
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
-    role = _role(answer.role, None if invitation is None else sharing.invitations.role(invitation))
+    role = _role(answer.role, invited)
     if role is None:
         joins.labels("forbidden").inc()
         raise _refused(403, "the authorization granted no role for this join")
@@ -128,7 +136,8 @@ async def join_session(
         session.audit("invitation_used", {"session": session_id, "invitation": invitation})
     participant = Participant(
         participant_id=sharing.new_participant_id(),
-        user=answer.user or browser_request.client_ip,
+        user=answer.user
+        or (f"anonymous ({browser_request.client_ip})" if anonymous else browser_request.client_ip),
         role=role,
         ws=browser,
         codec=codec_for(browser.ws_protocol or "", Role.SERVER),
@@ -136,6 +145,7 @@ async def join_session(
         close_timeout=config.session.close_timeout,
         session_id=session_id,
     )
+    participant.anonymous = anonymous
     joins.labels("joined").inc()
     log.info(
         "participant joined",
@@ -259,21 +269,12 @@ async def resume_participant(
     participant = None if sharing is None else sharing.participants.get(participant_id)
     if session is None or sharing is None or participant is None:
         raise _refused(404, "no such participant to resume")
-    authorizer = services.authorizer
-    if not isinstance(authorizer, JoinAuthorizer):
-        raise _refused(403, "joining is not supported on this route")
-    join = JoinRequest(session_id, session.grant.user, None)
-    try:
-        async with asyncio.timeout(config.limits.handshake_timeout or None):
-            answer = await authorizer.authorize_join(browser_request, join)
-    except TimeoutError:
-        raise AuthorizationTimeout(
-            "authorization took too long", detail="participant resume: authorization timed out"
-        ) from None
-    if isinstance(answer, PassBack):
-        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
-    if (answer.user or browser_request.client_ip) != participant.user:
-        raise _refused(403, "resume refused: the authorization names another user")
+    if not participant.anonymous:
+        refused = await _same_user(
+            services, config, browser_request, session_id, session, participant
+        )
+        if refused is not None:
+            return refused
     await browser.prepare(request)
     gateway.metrics.handshakes.labels("101").inc()
     first = await _first(browser, config.limits.handshake_timeout, "resume")
@@ -318,6 +319,33 @@ async def resume_participant(
         )
 
     return take_part_again
+
+
+async def _same_user(
+    services: Services,
+    config: Config,
+    browser_request: BrowserRequest,
+    session_id: str,
+    session: Session,
+    participant: Participant,
+) -> web.Response | None:
+    """A participant's resume: the authorization must still let the same user join."""
+    authorizer = services.authorizer
+    if not isinstance(authorizer, JoinAuthorizer):
+        raise _refused(403, "joining is not supported on this route")
+    join = JoinRequest(session_id, session.grant.user, None)
+    try:
+        async with asyncio.timeout(config.limits.handshake_timeout or None):
+            answer = await authorizer.authorize_join(browser_request, join)
+    except TimeoutError:
+        raise AuthorizationTimeout(
+            "authorization took too long", detail="participant resume: authorization timed out"
+        ) from None
+    if isinstance(answer, PassBack):
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    if (answer.user or browser_request.client_ip) != participant.user:
+        raise _refused(403, "resume refused: the authorization names another user")
+    return None
 
 
 async def _first(ws: web.WebSocketResponse, limit: float, kind: str) -> Event | Stop:

@@ -151,6 +151,7 @@ DEFAULTS = [
     ("cluster.secret", None),
     ("audit.enabled", False),
     ("audit.file", None),
+    ("sharing.anonymous_viewers", ()),
     ("recording.routes", ()),
     ("recording.dir", None),
     ("recording.max_size", 64 * 1024 * 1024),
@@ -300,6 +301,8 @@ cluster:
 audit:
   enabled: true
   file: /var/log/terminal-proxy/audit.jsonl
+sharing:
+  anonymous_viewers: [route1]
 recording:
   routes: [route1]
   dir: /var/spool/terminal-proxy
@@ -440,6 +443,7 @@ EVERY_KEY = [
     ("cluster.secret", Secret.from_base64(KEY_B64)),
     ("audit.enabled", True),
     ("audit.file", "/var/log/terminal-proxy/audit.jsonl"),
+    ("sharing.anonymous_viewers", ("route1",)),
     ("recording.routes", ("route1",)),
     ("recording.dir", "/var/spool/terminal-proxy"),
     ("recording.max_size", 8 * 1024 * 1024),
@@ -745,8 +749,8 @@ unknown: 1
         "(use e.g. 500ms, 30s, 5m, 1h)",
         "/etc/tp.yaml:7: upstream.offer_v5: expected a boolean (true or false), got string 'yes'",
         "/etc/tp.yaml:8: unknown: unknown key (expected one of: listen, routes, authorization, "
-        "upstream, browser, session, logging, limits, tls, metrics, cluster, audit, recording, "
-        "kubernetes)",
+        "upstream, browser, session, logging, limits, tls, metrics, cluster, audit, sharing, "
+        "recording, kubernetes)",
     ]
 
 

@@ -567,3 +567,41 @@ async def test_the_owners_resume_names_it_the_owner(
     assert (hello["resumed"], hello["role"], hello["participant"]) == (True, "owner", "owner")
     await back.until_output(b"missed-while-away\r\n")
     await back.ws.close()
+
+
+async def test_anonymous_viewers_only_where_the_route_allows(
+    auth_api: FakeAuthApi,
+    make_gateway: GatewayFactory,
+    kube: Kube,
+    browser: aiohttp.ClientSession,
+) -> None:
+    """sharing.anonymous_viewers: a viewer invitation admits a joiner the authorization
+    would refuse; a writer invitation still needs the authorization; other routes too."""
+    use_native(auth_api, "alice")
+    server = await make_gateway(
+        authorization={"contract": "native"}, sharing={"anonymous_viewers": ["environment"]}
+    )
+    term, _ = await owner_term(browser, server, kube)
+    session = session_of(term)
+    await owner_control(term, {"type": "invite", "role": "viewer", "uses": 0})
+    viewing = await owner_message(term, "invitation")
+    await owner_control(term, {"type": "invite", "role": "writer", "uses": 0})
+    writing = await owner_message(term, "invitation")
+    auth_api.set_mode("deny")  # nobody is signed in
+    asked = len(auth_api.requests)
+    viewer = await join(browser, server, session, f"&invitation={viewing['invitation']}")
+    await viewer.send({"type": "join", "token": viewing["token"]})
+    hello = await viewer.message("hello")
+    assert hello["role"] == "viewer"
+    people = await viewer.message("participants")
+    assert people["items"][1]["user"] == "anonymous (127.0.0.1)"
+    assert len(auth_api.requests) == asked  # the API was not asked
+    status, body, _ = await raw_handshake(
+        browser,
+        str(server.make_url(ENV_PATH)) + f"?join={session}&invitation={writing['invitation']}",
+        protocols=TERMINAL_PROXY,
+    )
+    assert (status, body) == (403, "You are not allowed to open this terminal")
+    auth_api.set_mode("ok")
+    await viewer.ws.close()
+    await term.ws.close()

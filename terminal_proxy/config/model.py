@@ -231,6 +231,15 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SharingConfig:
+    """``sharing:``: shared terminals (docs/sharing.md)."""
+
+    # Route names where an owner's viewer invitation admits a joiner who is not signed in
+    # (no authorization request); []: every joiner is signed in (the default).
+    anonymous_viewers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RecordingConfig:
     # Route names whose sessions are recorded (asciicast v2 + metadata JSON); []: none.
     routes: tuple[str, ...] = ()
@@ -357,6 +366,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
     def with_overrides(

@@ -23,6 +23,7 @@ from .model import (
     MetricsConfig,
     RecordingConfig,
     SessionConfig,
+    SharingConfig,
     TLSConfig,
     UpstreamConfig,
     _lacks_secret,
@@ -390,6 +391,7 @@ _CONFIG: Final = _Section(
             _finish_cluster,
         ),
         "audit": _Section(AuditConfig, {"enabled": _BOOLEAN, "file": _scalar(_optional_text)}),
+        "sharing": _Section(SharingConfig, {"anonymous_viewers": _list(_text, what="route names")}),
         "recording": _Section(
             RecordingConfig,
             {

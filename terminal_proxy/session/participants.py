@@ -74,6 +74,9 @@ class Participant:
         # When the last "refused" notice went out (at most one a second).
         self._refused_at = 0.0
         self.closing: Stop | None = None
+        # Admitted without signing in (sharing.anonymous_viewers): its resume needs only
+        # its token.
+        self.anonymous = False
         # Resume (docs/sharing.md): single-use tokens, and the grace timer while detached.
         self.tokens = ResumeTokens()
         self._grace: asyncio.TimerHandle | None = None

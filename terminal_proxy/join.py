@@ -130,7 +130,8 @@ async def join_session(
         used = sharing.invitations.use(invitation, token, time.monotonic())
         if used is None:
             joins.labels("bad_token").inc()
-            await _close(browser, 4009, "join refused: invalid token", config.session.close_timeout)
+            stop = Stop(StopReason.JOIN_BAD_TOKEN)
+            await close_socket(browser, stop, config.session.close_timeout)
             log.info("join refused: invalid token", extra={"fields": fields})
             return browser
         session.audit("invitation_used", {"session": session_id, "invitation": invitation})
@@ -377,11 +378,3 @@ async def _join_token(ws: web.WebSocketResponse, limit: float) -> str | Stop:
     if isinstance(first, Stop):
         return first
     return Stop(StopReason.BROWSER_PROTOCOL_ERROR, "the first message must be 'join'")
-
-
-async def _close(ws: web.WebSocketResponse, code: int, reason: str, limit: float) -> None:
-    try:
-        async with asyncio.timeout(limit):
-            await ws.close(code=code, message=reason.encode())
-    except (TimeoutError, ConnectionError):
-        pass

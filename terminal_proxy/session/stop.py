@@ -40,6 +40,7 @@ class StopReason(enum.Enum):
     # Shared terminals (docs/sharing.md): end one participant's socket, not the session.
     REMOVED = "removed"
     SHARING_ENDED = "sharing_ended"
+    JOIN_BAD_TOKEN = "join_bad_token"  # noqa: S105 (a stop reason)
 
 
 # reason → (browser code, browser reason, upstream code).
@@ -63,6 +64,7 @@ CLOSE_CODES: dict[StopReason, tuple[int, str, int]] = {
     StopReason.RESUME_BAD_TOKEN: (4009, "resume refused: invalid token", 1000),
     StopReason.REMOVED: (4012, "removed by the owner", 1000),
     StopReason.SHARING_ENDED: (4013, "sharing ended by the owner", 1000),
+    StopReason.JOIN_BAD_TOKEN: (4009, "join refused: invalid token", 1000),
     StopReason.RESUME_FORBIDDEN: (4010, "resume refused: {detail}", 1000),
     StopReason.RECORDING_FAILED: (4011, "recording failed", 1000),
 }

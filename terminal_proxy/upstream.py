@@ -107,6 +107,25 @@ class BodyReadingResponse(aiohttp.ClientResponse):
             protocol._parser = None
 
 
+class UpstreamSocket(ClientWebSocketResponse):
+    """aiohttp's client WebSocket, without re-arming its heartbeat once closed.
+
+    Bytes that arrive after the close (the upstream's close frame answering ours, or its
+    FIN) make aiohttp's ``_on_data_received`` schedule a heartbeat reset, which arms a
+    fresh ``ping_interval`` timer on a socket that is already closed. Nothing cancels it,
+    so every closed upstream socket (its transport, reader, writer and response: ~40
+    objects) stayed alive for ``ping_interval`` + the pong deadline. Under a stream of
+    set-ups that is tens of thousands of dead sockets for the collector to walk (full
+    collections of ~85 ms, the set-up p99) and memory that only comes back later
+    (docs/performance.md, "a closed upstream kept alive by its heartbeat").
+    """
+
+    def _reset_heartbeat(self) -> None:
+        if self._closed or self._closing:
+            return
+        super()._reset_heartbeat()
+
+
 @dataclass(slots=True)
 class Upstream:
     """A connected upstream: the socket and the codec of what it negotiated."""
@@ -134,6 +153,7 @@ class Dialer:
             # never cancels: every dial left one behind for 5 minutes (~0.5 KiB each).
             timeout=aiohttp.ClientTimeout(total=None),
             response_class=BodyReadingResponse,
+            ws_response_class=UpstreamSocket,
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("User-Agent",),

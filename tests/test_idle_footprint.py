@@ -12,6 +12,8 @@ must still relay afterwards, both ways, under backpressure too.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,3 +89,37 @@ async def _check(
         await term.send_stdin(burst)
     await term.read_until(b"before" + burst * 64)
     await term.ws.close()
+
+
+async def test_a_closed_session_is_freed_at_once(
+    served: web.AppRunner, auth_api: FakeAuthApi, kube: Kube
+) -> None:
+    """Nothing keeps an ended session alive: not the upstream socket's heartbeat timer.
+
+    aiohttp re-arms the client socket's heartbeat when the upstream's answer to our close
+    frame arrives, after the socket is closed; that timer held every closed upstream
+    socket (and its transport, reader and writer) for the whole ping interval.
+    """
+    auth_api.channel = gitlab_channel(kube, command=["cat"], tty=False)
+    host, port = served.addresses[0][:2]
+    async with aiohttp.ClientSession() as browser:
+        term = await open_term(browser, f"http://{host}:{port}{ENV_PATH}", "terminal.gitlab.com")
+        await kube.next_session()
+        await term.send_stdin(b"ping")
+        await term.read_until(b"ping")
+        (session,) = served.app[GATEWAY].registry.live
+        upstream = weakref.ref(session.upstream)
+        finished = weakref.ref(session)
+        pinged: Any = session.upstream
+        assert pinged._heartbeat is not None  # the gateway pings its upstreams
+        del pinged
+        done = session.done
+        del session
+        await term.ws.close()
+        await done
+    # The callbacks the upstream's last bytes scheduled run on the next turns of the loop.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gc.collect()
+    assert upstream() is None, gc.get_referrers(upstream())
+    assert finished() is None

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import random
 import signal
+import weakref
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 
+from terminal_proxy.cli import settle_heap
 from tests.conftest import ENV_PATH, Kube, gitlab_channel, wait_for_stdin_end
 from tests.fakes.auth_api import FakeAuthApi
 from tests.support.process import GatewayProcess, run_cli
@@ -203,3 +206,21 @@ def test_event_loop_choice(choice: str, loop_module: str) -> None:
 
     run_loop(main(), choice)
     assert seen == [loop_module]
+
+
+def test_start_up_objects_are_frozen_out_of_collections() -> None:
+    """``serve`` freezes what start-up built, so full collections walk only sessions."""
+    probe = weakref.ref(_Probe())  # a cycle start-up left behind: collected, not frozen
+    kept = _Probe()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert probe() is None
+        assert not any(o is kept for o in gc.get_objects())  # frozen: no generation holds it
+    finally:
+        gc.unfreeze()
+
+
+class _Probe:
+    def __init__(self) -> None:
+        self.me = self

@@ -39,7 +39,7 @@ LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # request and the upstream dial both run aiohttp's client, told apart by their caller.
 CALLERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("authorization request", ("terminal_proxy/authorization/",)),
-    ("upstream dial", ("terminal_proxy/upstream.py",)),
+    ("upstream dial", ("terminal_proxy/upstream.py", "terminal_proxy/wsdial.py")),
 )
 # The rest, innermost frame first.
 OTHERS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -29,7 +30,7 @@ from aiohttp import WSMsgType, web
 from ..authorization.http import forwardable_headers
 from ..errors import ReplicaUnreachable, ResumeRefused
 from ..tasks import cancel_and_wait, spawn
-from ..upstream import BodyReadingResponse, HandshakeRejected
+from ..wsdial import ERROR_BODY_LIMIT
 from .directory import ReplicaDirectory
 from .signing import HEADER, sign
 
@@ -51,6 +52,55 @@ _OWN = frozenset(
 )
 # Headers of the holder's refusal that are not passed on.
 _NOT_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+class HandshakeRejected(Exception):
+    """The upstream answered the upgrade with an HTTP status instead of 101."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.reason = reason
+        self.content_type = content_type
+        self.body = body
+        # The answer's headers, for a caller that passes the refusal on (forwarding).
+        self.headers = headers
+
+
+class BodyReadingResponse(aiohttp.ClientResponse):
+    """Reads a bounded error body when the upgrade is refused.
+
+    aiohttp's ws_connect closes a non-101 response without reading it, and the
+    kube-apiserver puts the only useful explanation (its Status JSON) in that body.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        response = await super().start(connection)
+        if self.status != 101 and self.method == "GET":
+            body = b""
+            try:
+                while len(body) < ERROR_BODY_LIMIT and not self.content.at_eof():
+                    chunk = await self.content.read(ERROR_BODY_LIMIT - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            raise HandshakeRejected(
+                self.status,
+                self.reason or "",
+                self.headers.get("Content-Type", ""),
+                body,
+                tuple(self.headers.items()),
+            )
+        return response
 
 
 def replica_of(session_id: str) -> str:

@@ -84,6 +84,23 @@ class BrowserSocket(web.WebSocketResponse):
             message = f"message too big (limit {limit} bytes)".encode()
         return await super().close(code=code, message=message, drain=drain)
 
+    def _set_closing(self, code: WSCloseCode) -> None:
+        super()._set_closing(code)
+        self._unwatch()
+
+    def _set_closed(self) -> None:
+        super()._set_closed()
+        self._unwatch()
+
+    def _unwatch(self) -> None:
+        """Closing, the connection stops calling this socket back on every chunk (aiohttp
+        resets the heartbeat there): the callback is the connection's only reference back
+        to the socket, so without it the two are freed when the session ends, by
+        reference counting rather than by the collector (docs/performance.md)."""
+        request = self._req
+        if request is not None and request.protocol is not None:
+            request.protocol._data_received_cb = None
+
 
 @dataclass(frozen=True, slots=True)
 class Opened:

@@ -82,21 +82,25 @@ class HandshakeRefused(Exception):
 
 
 class UpstreamSocket(ClientWebSocketResponse):
-    """aiohttp's client WebSocket, without re-arming its heartbeat once closed.
+    """aiohttp's client WebSocket, which stops watching its connection once closing.
 
-    Bytes that arrive after the close (the upstream's close frame answering ours, or its
-    FIN) make aiohttp's ``_on_data_received`` schedule a heartbeat reset, which arms a
-    fresh ``ping_interval`` timer on a socket that is already closed. Nothing cancels it,
-    so every closed upstream socket (its transport, reader and writer: ~40 objects) stayed
-    alive for ``ping_interval`` + the pong deadline. Under a stream of set-ups that is tens
-    of thousands of dead sockets for the collector to walk (full collections of ~85 ms,
-    the set-up p99) and memory that only comes back later (docs/performance.md).
+    aiohttp has the connection call the socket back on every chunk received (to reset the
+    heartbeat) for as long as the connection lives. Bytes that arrive after the close (the
+    upstream's answer to our close frame, its FIN) then re-armed a ``ping_interval`` timer
+    on a socket already closed, and nothing cancelled it: every closed upstream socket (its
+    transport, reader, writer: ~40 objects) stayed alive for the ping interval plus the pong
+    deadline, tens of thousands of dead sockets under a stream of set-ups for the collector
+    to walk (docs/performance.md). The callback is also the connection's reference back to
+    the socket: without it the two are freed by reference counting when the session ends.
     """
 
-    def _reset_heartbeat(self) -> None:
-        if self._closed or self._closing:
-            return
-        super()._reset_heartbeat()
+    def _set_closing(self) -> None:
+        super()._set_closing()
+        _unwatch(self._response)
+
+    def _set_closed(self) -> None:
+        super()._set_closed()
+        _unwatch(self._response)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,11 @@ class _Leg:
 
     def close(self) -> None:
         self._protocol.close()
+
+
+def _unwatch(leg: object) -> None:
+    if isinstance(leg, _Leg):
+        leg._protocol._data_received_cb = None
 
 
 class Resolver:

@@ -32,7 +32,7 @@ from .sockets import (
     left,
     receive_or_lost,
 )
-from .stop import Stop, StopReason
+from .stop import Stop, StopReason, ended, no_stop
 
 __all__ = ["Phase", "Releases", "ResumableLink", "ResumeTokens"]
 
@@ -448,6 +448,14 @@ class ResumableLink:
         if self._lingering is not None and not self._lingering.done():
             self._lingering.cancel()
         self._replay.clear()
+        # The session has ended: let go of it (stop.py, no_stop).
+        self._expire = no_stop
+        self._stopping = ended
+        self._marker = _unmarked
+
+
+def _unmarked(text: str) -> None:
+    """A recording marker after the session ended: there is no recording left to mark."""
 
 
 def _browser_gone(code: int | None) -> str:

@@ -10,7 +10,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["CLOSE_CODES", "LINGER", "Stop", "StopReason", "reason_bytes", "truncate"]
+__all__ = [
+    "CLOSE_CODES",
+    "LINGER",
+    "Stop",
+    "StopReason",
+    "ended",
+    "no_stop",
+    "reason_bytes",
+    "truncate",
+]
 
 
 class StopReason(enum.Enum):
@@ -111,3 +120,18 @@ def truncate(text: str, limit: int) -> str:
 
 def reason_bytes(text: str) -> bytes:
     return truncate(text, 123).encode()
+
+
+# What a session's parts call instead of the session once it has ended. A part holds the
+# session's bound methods (request_stop, stopping…), which are references back to the
+# session: swapping them for these when the session ends leaves no cycle, so an ended
+# session is freed by reference counting rather than by the collector.
+
+
+def no_stop(stop: Stop) -> None:
+    """A stop request after the end: nothing left to stop."""
+
+
+def ended() -> bool:
+    """``stopping()`` after the end."""
+    return True

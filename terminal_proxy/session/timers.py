@@ -17,7 +17,7 @@ from ..authorization import Grant, PassBack
 from ..errors import AuthorizationError
 from ..tasks import cancel_and_wait, spawn
 from .sockets import Traffic
-from .stop import Stop, StopReason
+from .stop import Stop, StopReason, ended, no_stop
 
 __all__ = ["Deadline", "IdleTimer", "Repoller"]
 
@@ -150,6 +150,10 @@ class Repoller:
             self._timer.cancel()
         if self._task is not None:
             await cancel_and_wait([self._task])
+        # Stopped, it asks nothing more and lets go of the session (stop.py, no_stop).
+        self._reauthorize = _stopped
+        self._expire = no_stop
+        self._stopping = ended
 
     def _ask(self) -> None:
         if self._stopping():
@@ -202,3 +206,7 @@ class Repoller:
         if self.failures >= self._failure_grace:
             return Stop(StopReason.AUTH_UNAVAILABLE, public)
         return None
+
+
+async def _stopped() -> Grant | PassBack:
+    raise RuntimeError("re-poller stopped")

@@ -38,7 +38,7 @@ LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Parts named by the gateway's own code (outermost frame first): the authorization
 # request and the upstream dial both run aiohttp's client, told apart by their caller.
 CALLERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("authorization request", ("terminal_proxy/authorization/",)),
+    ("authorization request", ("terminal_proxy/authorization/", "terminal_proxy/httpclient.py")),
     ("upstream dial", ("terminal_proxy/upstream.py", "terminal_proxy/wsdial.py")),
 )
 # The rest, innermost frame first.

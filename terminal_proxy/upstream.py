@@ -21,9 +21,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .channel import ConnectionDetails, ssl_context_for
 from .config import UpstreamConfig
+from .connections import Resolver
 from .errors import UpstreamDialFailed, UpstreamTimeout
 from .protocols import UPSTREAM_SUBPROTOCOLS, Codec, Role, codec_for, upstream_offer
-from .wsdial import HandshakeRefused, Resolver, UpstreamSocket, WebSocketDial, open_websocket
+from .wsdial import HandshakeRefused, UpstreamSocket, WebSocketDial, open_websocket
 
 __all__ = ["Dialer", "Upstream"]
 

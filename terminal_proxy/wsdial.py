@@ -6,8 +6,8 @@ eyeballs, a response object with a copy of our headers): about three quarters of
 CPU (docs/performance.md, "the upstream dial"). A terminal's dial is always the same small
 thing, so ``open_websocket`` does just that:
 
-1. the connection: ``loop.create_connection`` to the address (names resolved through a
-   short cache, as aiohttp's resolver did), TLS verified against the given context;
+1. the connection (``connections.py``): to the address (names resolved through a short
+   cache, as aiohttp's resolver did), TLS verified against the given context;
 2. the request: one buffer, written once (request line, Host, the WebSocket headers, the
    authorized headers exactly as given);
 3. the answer, parsed by aiohttp's C HTTP parser (its ``ResponseHandler`` protocol): 101
@@ -26,11 +26,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import os
-import socket
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,16 +39,21 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from .connections import Resolver, connect, request_head
 from .session.sockets import set_pong_timeout
 
-__all__ = ["HandshakeRefused", "Resolver", "UpstreamSocket", "WebSocketDial", "open_websocket"]
+__all__ = [
+    "ERROR_BODY_LIMIT",
+    "HandshakeRefused",
+    "UpstreamSocket",
+    "WebSocketDial",
+    "open_websocket",
+]
 
 # What a refused handshake's body may be (the rest is not read).
 ERROR_BODY_LIMIT = 16 * 1024
 # aiohttp's read size and queue bound for a WebSocket (DEFAULT_CHUNK_SIZE).
 _QUEUE_LIMIT = 2**16
-# aiohttp's resolver kept names for 10 seconds; so does this one.
-RESOLVE_TTL = 10.0
 
 
 class HandshakeRefused(Exception):
@@ -142,34 +144,6 @@ def _unwatch(leg: object) -> None:
         leg._protocol._data_received_cb = None
 
 
-class Resolver:
-    """Names to addresses, kept ``RESOLVE_TTL`` seconds; address literals as they are."""
-
-    def __init__(self, ttl: float = RESOLVE_TTL) -> None:
-        self._ttl = ttl
-        self._known: dict[tuple[str, int], tuple[float, list[str]]] = {}
-
-    async def addresses(self, host: str, port: int) -> list[str]:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            return [host]
-        now = time.monotonic()
-        known = self._known.get((host, port))
-        if known is not None and known[0] > now:
-            return known[1]
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
-        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if len(self._known) > 1024:
-            self._known.clear()
-        self._known[(host, port)] = (now + self._ttl, found)
-        return found
-
-
 async def open_websocket(dial: WebSocketDial, resolver: Resolver) -> UpstreamSocket:
     """Connect, upgrade and return the socket; ``HandshakeRefused`` for a refusal, the
     connection's own ``OSError`` (``ssl.SSLError`` among them) for a failed connection."""
@@ -177,11 +151,20 @@ async def open_websocket(dial: WebSocketDial, resolver: Resolver) -> UpstreamSoc
     host, port = url.host, url.port
     if host is None or port is None or url.scheme not in ("ws", "wss"):
         raise ValueError(f"not a WebSocket URL: {url.scheme}://{url.raw_host}")
-    protocol = await _connect(host, port, dial.ssl, resolver)
+    protocol = await connect(host, port, dial.ssl, resolver)
     try:
         key = base64.b64encode(os.urandom(16))
         assert protocol.transport is not None
-        protocol.transport.write(_request(url, key, dial))
+        head = [
+            ("Host", url.host_port_subcomponent or host),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", key.decode()),
+        ]
+        if dial.protocols:
+            head.append(("Sec-WebSocket-Protocol", ",".join(dial.protocols)))
+        protocol.transport.write(request_head(url.raw_path_qs, head, dial.headers))
         message, payload = await protocol.read()
         if message.code != 101:
             raise await _refused(message.code, message.reason, message.headers, payload)
@@ -190,45 +173,6 @@ async def open_websocket(dial: WebSocketDial, resolver: Resolver) -> UpstreamSoc
     except BaseException:
         protocol.close()
         raise
-
-
-async def _connect(
-    host: str, port: int, context: ssl.SSLContext | None, resolver: Resolver
-) -> ResponseHandler:
-    loop = asyncio.get_running_loop()
-    last: OSError | None = None
-    for address in await resolver.addresses(host, port):
-        try:
-            _, protocol = await loop.create_connection(
-                lambda: ResponseHandler(loop),
-                address,
-                port,
-                ssl=context,
-                server_hostname=host.rstrip(".") if context is not None else None,
-            )
-        except ssl.SSLError:
-            raise  # a TLS failure is the server's answer, not an address to skip
-        except OSError as exc:
-            last = exc
-            continue
-        protocol.set_response_params(read_until_eof=False, auto_decompress=False)
-        return protocol
-    raise last if last is not None else OSError(f"no address for {host}")
-
-
-def _request(url: URL, key: bytes, dial: WebSocketDial) -> bytes:
-    lines = [
-        f"GET {url.raw_path_qs} HTTP/1.1",
-        f"Host: {url.host_port_subcomponent}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Version: 13",
-        f"Sec-WebSocket-Key: {key.decode()}",
-    ]
-    if dial.protocols:
-        lines.append(f"Sec-WebSocket-Protocol: {','.join(dial.protocols)}")
-    lines += [f"{name}: {value}" for name, value in dial.headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
 async def _refused(

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import trustme
@@ -25,6 +24,7 @@ from terminal_proxy.authorization import Grant
 from terminal_proxy.authorization.native import NativeAuthorizer
 from terminal_proxy.config import load_config
 from terminal_proxy.errors import InvalidAuthorization
+from terminal_proxy.httpclient import OriginClient
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "docs" / "schemas" / "native-authorization-response.schema.json"
@@ -46,7 +46,7 @@ def validator() -> jsonschema.protocols.Validator:
 def parser() -> Iterator[NativeAuthorizer]:
     config = load_config("authorization: {backend: 'http://127.0.0.1:1', contract: native}\n")
     # parse() never sends a request: no HTTP client (nor event loop) is needed.
-    yield NativeAuthorizer(config.authorization, cast(aiohttp.ClientSession, object()))
+    yield NativeAuthorizer(config.authorization, cast(OriginClient, object()))
 
 
 def parse(parser: NativeAuthorizer, doc: Any) -> Grant:

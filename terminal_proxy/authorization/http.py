@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from ..config import AuthorizationConfig
@@ -26,6 +27,7 @@ from ..errors import (
     InvalidAuthorization,
     PathRejected,
 )
+from ..httpclient import OriginClient
 from . import BrowserRequest, Grant, JoinGrant, JoinRequest, PassBack
 
 __all__ = ["JOIN_HEADER", "HttpAuthorizer", "forwardable_headers", "new_client"]
@@ -81,25 +83,20 @@ MAX_CONNECTIONS = 32
 MAX_REPOLLS = 16
 
 
-def new_client(config: AuthorizationConfig) -> aiohttp.ClientSession:
-    """A pooled client for the authorization API (call inside the running loop).
+def new_client(config: AuthorizationConfig) -> OriginClient:
+    """A pooled client for the authorization API (``httpclient.py``).
 
-    aiohttp's client, not httpx: its HTTP parser is C and its pool cheap, which cuts the
-    authorization's share of a session set-up by about two thirds (docs/performance.md).
-    Every pooled connection is kept alive (no reconnects under load). Environment proxies
-    are ignored (the API is ours to reach); no cookie jar (a cookie the API sets must
-    never ride along with another user's request); no Accept-Encoding (bodies are read
-    raw); ``authorization.timeout`` bounds each whole request, answer body included.
+    Not httpx, and no longer aiohttp's ``ClientSession``: a keep-alive HTTP/1.1 client for
+    this one origin, on aiohttp's C parser, which cuts the authorization's share of a
+    session set-up again (docs/performance.md). Every pooled connection is kept alive (no
+    reconnects under load); environment proxies are ignored (the API is ours to reach); no
+    cookie jar (a cookie the API sets must never ride along with another user's request);
+    no Accept-Encoding (bodies are read raw); ``authorization.timeout`` bounds each whole
+    request, answer body included (``HttpAuthorizer``).
     """
-    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, enable_cleanup_closed=False)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=config.timeout),
-        trust_env=False,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding"),
-    )
+    if config.backend is None:
+        raise ValueError("authorization.backend is not set")
+    return OriginClient(URL(config.backend), max_idle=MAX_CONNECTIONS)
 
 
 class HttpAuthorizer(abc.ABC):
@@ -109,7 +106,7 @@ class HttpAuthorizer(abc.ABC):
     jwt_header: str = ""
     jwt_issuer: str = ""
 
-    def __init__(self, config: AuthorizationConfig, client: aiohttp.ClientSession) -> None:
+    def __init__(self, config: AuthorizationConfig, client: OriginClient) -> None:
         if config.backend is None:
             raise ValueError("authorization.backend is not set")
         # Base URL of the web app; the browser's path is appended to its path.
@@ -127,7 +124,7 @@ class HttpAuthorizer(abc.ABC):
         self._repoll_slots = asyncio.Semaphore(MAX_REPOLLS)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.aclose()
 
     def signed_headers(self, claims: dict[str, Any] | None = None) -> list[tuple[str, str]]:
         """Headers identifying the gateway to the web app.
@@ -221,39 +218,35 @@ class HttpAuthorizer(abc.ABC):
             headers += self.signed_headers({"join": document})
         limit = self._config.max_response_body
         try:
-            async with self._client.get(
-                self.url_for(request), headers=headers, allow_redirects=False
-            ) as r:
-                body = bytearray()
-                async for chunk in r.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        break
-                status, answer_headers = r.status, r.headers
+            async with asyncio.timeout(self._config.timeout):
+                answer = await self._client.get(
+                    self.url_for(request).raw_path_qs, headers, body_limit=limit
+                )
         except TimeoutError as exc:
             raise AuthorizationTimeout(
                 "authorization API timed out",
                 detail=f"authorization API took longer than {self._config.timeout:g}s",
             ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, HttpProcessingError, OSError) as exc:
             raise AuthorizationUnavailable(
                 "authorization API unreachable",
                 detail=f"authorization API request failed: {type(exc).__name__}: {exc}",
             ) from exc
+        status, answer_headers, body = answer.status, answer.headers, answer.body
         if len(body) > limit:
             if status == 200:
                 raise InvalidAuthorization(
                     f"authorization API response is larger than {limit} bytes"
                 )
-            body = bytearray(f"authorization API response over {limit} bytes\n".encode())
+            body = f"authorization API response over {limit} bytes\n".encode()
         if status != 200:
             kept = tuple(
                 (n, v) for n, v in answer_headers.items() if n.lower() not in _DROP_FROM_ANSWER
             )
-            return PassBack(status, kept, bytes(body))
+            return PassBack(status, kept, body)
         if join is not None:
-            return self.parse_join(answer_headers.get("content-type", ""), bytes(body))
-        return self.parse(answer_headers.get("content-type", ""), bytes(body))
+            return self.parse_join(answer_headers.get("content-type", ""), body)
+        return self.parse(answer_headers.get("content-type", ""), body)
 
     def extra_headers(self) -> list[tuple[str, str]]:
         return []

@@ -1,0 +1,99 @@
+"""Client connections of our own, under the two clients that make every session set-up:
+the upstream dial (``wsdial.py``) and the authorization request (``httpclient.py``).
+
+aiohttp's ``ClientSession`` builds a general-purpose request per call (URL and header
+objects, cookie and proxy handling, a connector with pool keys, happy eyeballs, a response
+object with a copy of the request's headers). Both of our requests are always the same
+small thing, so they are written as one buffer on a connection opened here, and the answer
+is parsed by aiohttp's C HTTP parser in its own ``ResponseHandler`` protocol: the parts of
+aiohttp that are fast, without the parts that are general (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+
+from aiohttp.client_proto import ResponseHandler
+
+__all__ = ["RESOLVE_TTL", "Resolver", "connect", "expect_answer", "request_head"]
+
+# aiohttp's resolver kept names for 10 seconds; so does this one.
+RESOLVE_TTL = 10.0
+# Names kept at most (a cache, not a directory: past it, it starts again).
+_MAX_NAMES = 1024
+
+
+class Resolver:
+    """Names to addresses, kept ``ttl`` seconds; address literals as they are."""
+
+    def __init__(self, ttl: float = RESOLVE_TTL) -> None:
+        self._ttl = ttl
+        self._known: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [host]
+        now = time.monotonic()
+        known = self._known.get((host, port))
+        if known is not None and known[0] > now:
+            return known[1]
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if len(self._known) >= _MAX_NAMES:
+            self._known.clear()
+        self._known[(host, port)] = (now + self._ttl, found)
+        return found
+
+
+async def connect(
+    host: str, port: int, context: ssl.SSLContext | None, resolver: Resolver
+) -> ResponseHandler:
+    """A connection to ``host``, ready for one HTTP/1.1 answer: each address in turn until
+    one connects; TLS (verified as ``context`` says, SNI ``host``) is not retried elsewhere.
+    Raises the connection's ``OSError`` (``ssl.SSLError`` among them)."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for address in await resolver.addresses(host, port):
+        try:
+            _, protocol = await loop.create_connection(
+                lambda: ResponseHandler(loop),
+                address,
+                port,
+                ssl=context,
+                server_hostname=host.rstrip(".") if context is not None else None,
+            )
+        except ssl.SSLError:
+            raise  # a TLS failure is the server's answer, not an address to skip
+        except OSError as exc:
+            last = exc
+            continue
+        expect_answer(protocol)
+        return protocol
+    raise last if last is not None else OSError(f"no address for {host}")
+
+
+def expect_answer(protocol: ResponseHandler) -> None:
+    """Ready ``protocol`` to parse the next answer (a fresh parser, as aiohttp does per
+    request): raw bodies, no read timeout (the callers bound the whole request)."""
+    protocol.set_response_params(read_until_eof=False, auto_decompress=False)
+
+
+def request_head(
+    target: str, first: Iterable[tuple[str, str]], given: Iterable[tuple[str, str]]
+) -> bytes:
+    """``GET target HTTP/1.1``, then ``first`` (ours, Host first) and ``given`` (as given)."""
+    lines = [f"GET {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in first]
+    lines += [f"{name}: {value}" for name, value in given]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")

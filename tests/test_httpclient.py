@@ -20,10 +20,11 @@ from terminal_proxy.httpclient import OriginClient
 async def app_server() -> AsyncIterator[TestServer]:
     async def echo(request: web.Request) -> web.StreamResponse:
         # Which connection (the client's port) carried the request, and what it sent.
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        assert request.transport is not None
+        port = request.transport.get_extra_info("peername")[1]
         headers = {name: value for name, value in request.headers.items()}
         if request.path == "/chunked":
-            response = web.StreamResponse(headers={"X-Port": str(peer[1])})
+            response = web.StreamResponse(headers={"X-Port": str(port)})
             response.enable_chunked_encoding()
             await response.prepare(request)
             for part in (b"one ", b"two ", b"three"):
@@ -31,11 +32,11 @@ async def app_server() -> AsyncIterator[TestServer]:
             await response.write_eof()
             return response
         if request.path == "/close":
-            return web.Response(text="bye", headers={"Connection": "close", "X-Port": str(peer[1])})
+            return web.Response(text="bye", headers={"Connection": "close", "X-Port": str(port)})
         if request.path == "/big":
-            return web.Response(body=b"x" * 5000, headers={"X-Port": str(peer[1])})
+            return web.Response(body=b"x" * 5000, headers={"X-Port": str(port)})
         return web.json_response(
-            {"port": peer[1], "headers": headers, "target": request.raw_path},
+            {"port": port, "headers": headers, "target": request.raw_path},
             status=int(request.query.get("status", "200")),
             headers={"Set-Cookie": "session=api"},
         )

@@ -222,11 +222,13 @@ async def _terminal(
     holder = _holder(gateway, request, chosen) if forwarded_by is None else ""
     if holder:
         return await _forward(request, gateway, holder, scheme, browser_request, request_id)
-    client = client_key(browser_request.client_ip)
-    wait = gateway.client_rate.take(client)
-    if not wait and gateway.shared_rates is not None and gateway.client_rate.enabled:
-        rate, burst = config.limits.client_handshake_rate, config.limits.client_handshake_burst
-        wait = await gateway.shared_rates.take("client", client, rate, burst) or 0.0
+    wait = 0.0
+    if gateway.client_rate.enabled:
+        client = client_key(browser_request.client_ip)
+        wait = gateway.client_rate.take(client)
+        if not wait and gateway.shared_rates is not None:
+            rate, burst = config.limits.client_handshake_rate, config.limits.client_handshake_burst
+            wait = await gateway.shared_rates.take("client", client, rate, burst) or 0.0
     if wait:
         raise LimitReached(
             "client_rate",

@@ -36,6 +36,14 @@ def check_request_path(target: str) -> None:
             "non-ASCII, '#', '\\' or a malformed %-escape)"
         )
     segments = path[1:].split("/")
+    if "%" not in path:
+        # Nothing to decode (the common path): the character class already refused
+        # backslashes and control characters, so only the segments themselves remain.
+        if "" in segments[:-1]:
+            raise PathRejected("the request path has an empty segment ('//')")
+        if "." in segments or ".." in segments:
+            raise PathRejected("the request path has a '.' or '..' segment (also as %2e)")
+        return
     for index, segment in enumerate(segments):
         decoded = _decoded(segment)
         if not decoded and index < len(segments) - 1:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import os
 import ssl
@@ -217,6 +218,12 @@ def _check_upgrade(
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _timeouts(close: float) -> ClientWSTimeout:
+    """One (frozen) timeout object per close timeout, not one per session."""
+    return ClientWSTimeout(ws_receive=None, ws_close=close)
+
+
 def _socket(protocol: ResponseHandler, chosen: str | None, dial: WebSocketDial) -> UpstreamSocket:
     """aiohttp's reader, writer and socket, wired as ``ClientSession._ws_connect`` does."""
     loop = asyncio.get_running_loop()
@@ -232,7 +239,7 @@ def _socket(protocol: ResponseHandler, chosen: str | None, dial: WebSocketDial) 
         writer,
         chosen,
         _Leg(protocol),  # type: ignore[arg-type]
-        ClientWSTimeout(ws_receive=None, ws_close=dial.close_timeout),
+        _timeouts(dial.close_timeout),
         True,  # autoclose
         True,  # autoping
         loop,

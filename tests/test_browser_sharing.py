@@ -104,19 +104,22 @@ async def joiner_page(
 
 
 async def wait_for_same_screen(owner: Page, joiner: Page) -> dict[str, object]:
-    """Wait until the joiner's visible xterm.js screen equals the owner's; return it."""
+    """Wait until the joiner's visible xterm.js screen (text, cursor, alternate screen,
+    size) equals the owner's; return it. xterm.js parses a write in slices, so the text of
+    a snapshot can be on screen before the cursor move that ends it: the whole state is
+    compared, never the text alone."""
     for _ in range(100):
         theirs = await owner.evaluate(VISIBLE_JS)
         try:
             await joiner.wait_for_function(
-                f"(want) => JSON.stringify(({VISIBLE_JS})().lines) === JSON.stringify(want)",
-                arg=theirs["lines"],
+                f"(want) => JSON.stringify(({VISIBLE_JS})()) === JSON.stringify(want)",
+                arg=theirs,
                 timeout=2_000,
             )
         except Exception:
             continue  # the owner's screen changed meanwhile (a clock, a cursor): compare again
         mine = await joiner.evaluate(VISIBLE_JS)
-        if mine["lines"] == (await owner.evaluate(VISIBLE_JS))["lines"]:
+        if mine == await owner.evaluate(VISIBLE_JS):
             return dict(mine)
     pytest.fail(
         f"the joiner's screen never equalled the owner's:\n{await screen(joiner)}\n"

@@ -3,6 +3,7 @@ and the problems a configuration can have."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import ipaddress
 import re
@@ -278,8 +279,12 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _normalize_host(host: str) -> str | None:
-    """Lower-case DNS name or canonical IP address (IPv6 unbracketed); None if invalid."""
+    """Lower-case DNS name or canonical IP address (IPv6 unbracketed); None if invalid.
+
+    Cached: every dial checks its host against each allowlist entry (a few hosts, over
+    and over)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -130,9 +131,11 @@ def request_scheme(
     return listener_scheme
 
 
+@functools.lru_cache(maxsize=256)
 def authority_of(host: str, scheme: str) -> tuple[str, int] | None:
     """A Host header as (lower-case host, port; the scheme's default when absent), or
-    None when it is not a plain ``host[:port]``."""
+    None when it is not a plain ``host[:port]``. Cached: every handshake asks, and a
+    gateway sees few Host values (a bounded cache, so many cost only a parse each)."""
     if not host or any(char in host for char in "/?#@\\") or not host.isprintable():
         return None
     try:

@@ -71,9 +71,11 @@ async def _check(
     assert not hasattr(leg, "__dict__")
     assert [name for name in type(leg).__slots__ if name != "_protocol"] == []
     assert leg._protocol._parser is None
+    assert leg._protocol._buffer == ()  # its queue of HTTP answers, never used again
 
     browser_socket: Any = session.browser
     assert browser_socket._req.protocol._parser is None
+    assert browser_socket._req.protocol._messages == ()  # nor its queue of requests
     assert "max_message_size" not in vars(browser_socket)
 
     scheduled: list[asyncio.TimerHandle] = getattr(asyncio.get_running_loop(), "_scheduled", [])

@@ -20,12 +20,32 @@ from collections.abc import Iterable
 
 from aiohttp.client_proto import ResponseHandler
 
-__all__ = ["RESOLVE_TTL", "Resolver", "connect", "expect_answer", "request_head"]
+__all__ = [
+    "RESOLVE_TTL",
+    "Connection",
+    "Resolver",
+    "connect",
+    "expect_answer",
+    "request_head",
+]
 
 # aiohttp's resolver kept names for 10 seconds; so does this one.
 RESOLVE_TTL = 10.0
 # Names kept at most (a cache, not a directory: past it, it starts again).
 _MAX_NAMES = 1024
+
+
+class Connection(ResponseHandler):
+    """aiohttp's client protocol, without its per-connection ``TCP_NODELAY``.
+
+    asyncio and uvloop set ``TCP_NODELAY`` on every TCP transport they make; aiohttp sets
+    it again, through a socket object built from the descriptor for the purpose
+    (``getsockname`` and ``getsockopt`` calls, then ``setsockopt``): four system calls per
+    connection that change nothing (``tests/test_httpclient.py`` checks the option is on).
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
 
 class Resolver:
@@ -67,7 +87,7 @@ async def connect(
     for address in await resolver.addresses(host, port):
         try:
             _, protocol = await loop.create_connection(
-                lambda: ResponseHandler(loop),
+                lambda: Connection(loop),
                 address,
                 port,
                 ssl=context,

@@ -225,6 +225,10 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            # A session's frames (the head timer went with the upgrade request's head).
+            super().data_received(data)
+            return
         if self._state is _Conn.REFUSED:
             return
         waiting = not self._messages and not self._request_in_progress and not self._upgraded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -216,3 +217,16 @@ async def test_a_refused_connection_raises_the_os_error() -> None:
     with pytest.raises(ConnectionRefusedError):
         await client.get("/", [], body_limit=10)
     await client.aclose()
+
+
+async def test_connections_have_tcp_nodelay(app_server: TestServer) -> None:
+    """aiohttp's own per-connection TCP_NODELAY is skipped: the event loop sets it."""
+    client = _client(app_server)
+    try:
+        await _port(client)
+        ((protocol, _),) = client._idle
+        assert protocol.transport is not None
+        sock = protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await client.aclose()

@@ -2,7 +2,7 @@
 
 A terminal request's own path (checks → authorization → dial → upgrade → relay) is
 ``handshake.py``; this module wires it into an app: ``build_app`` registers the routes,
-the cleanup context starts and stops the authorizers, the dialer and the audit log (and
+the cleanup context starts and stops the authorizers and the audit log, builds the dialer (and
 the metrics listener), and ``drain`` ends sessions on shutdown.
 """
 
@@ -93,8 +93,8 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         raise ValueError("authorization.backend is not set")
     audit = AuditLog(config.audit)
     audit.open()
+    # The dialer holds no connections (each dial opens its own): nothing to start or stop.
     dialer = Dialer(upstream_config, close_timeout=config.session.close_timeout)
-    await dialer.start()
     if config.upstream.insecure_skip_tls_verify:
         log.warning("upstream.insecure_skip_tls_verify is on: upstream TLS is NOT verified")
     gateway.running = Services(
@@ -108,7 +108,6 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     finally:
         gateway.running = None
         audit.close()
-        await dialer.aclose()
         await authorizer.aclose()
 
 
@@ -227,7 +226,6 @@ async def _forwarding(app: web.Application) -> AsyncIterator[None]:
                 max_message_size=config.browser.max_message_size,
                 outcome=lambda outcome: gateway.metrics.forwarded.labels(outcome).inc(),
             )
-            await forwarder.start()
             stack.push_async_callback(forwarder.aclose)
             gateway.forwarder = forwarder
         if cluster.internal_listen is not None:

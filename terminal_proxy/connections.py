@@ -16,7 +16,7 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from aiohttp.client_proto import ResponseHandler
 
@@ -110,10 +110,13 @@ def expect_answer(protocol: ResponseHandler) -> None:
 
 
 def request_head(
-    target: str, first: Iterable[tuple[str, str]], given: Iterable[tuple[str, str]]
+    target: str, ours: Iterable[tuple[str, str]], given: Sequence[tuple[str, str]]
 ) -> bytes:
-    """``GET target HTTP/1.1``, then ``first`` (ours, Host first) and ``given`` (as given)."""
+    """``GET target HTTP/1.1``, then ``ours`` (Host first) except those ``given`` names
+    too, then ``given`` as given (a forwarded browser's Host is its own, as aiohttp and
+    Workhorse pass it)."""
+    named = {name.lower() for name, _ in given}
     lines = [f"GET {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in first]
+    lines += [f"{name}: {value}" for name, value in ours if name.lower() not in named]
     lines += [f"{name}: {value}" for name, value in given]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")

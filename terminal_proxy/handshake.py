@@ -56,7 +56,7 @@ from .routes import (
 )
 from .session.recording import start_recording, wants_recording
 from .session.relay import Session
-from .session.sockets import set_pong_timeout
+from .session.sockets import set_pong_timeout, unwatch
 from .tasks import spawn
 
 __all__ = ["BrowserSocket", "browser_socket", "dispatch", "new_request_id"]
@@ -86,20 +86,11 @@ class BrowserSocket(web.WebSocketResponse):
 
     def _set_closing(self, code: WSCloseCode) -> None:
         super()._set_closing(code)
-        self._unwatch()
+        unwatch(self._req and self._req.protocol)
 
     def _set_closed(self) -> None:
         super()._set_closed()
-        self._unwatch()
-
-    def _unwatch(self) -> None:
-        """Closing, the connection stops calling this socket back on every chunk (aiohttp
-        resets the heartbeat there): the callback is the connection's only reference back
-        to the socket, so without it the two are freed when the session ends, by
-        reference counting rather than by the collector (docs/performance.md)."""
-        request = self._req
-        if request is not None and request.protocol is not None:
-            request.protocol._data_received_cb = None
+        unwatch(self._req and self._req.protocol)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,13 +65,7 @@ class OriginClient:
         """``GET target`` with ``headers`` as given; ``Host`` (the origin's) and ``Accept:
         */*`` unless they name their own (the browser's Host is passed on, as Workhorse
         does)."""
-        named = {name.lower() for name, _ in headers}
-        ours = [
-            (n, v)
-            for n, v in (("Host", self._authority), ("Accept", "*/*"))
-            if n.lower() not in named
-        ]
-        head = request_head(target, ours, headers)
+        head = request_head(target, (("Host", self._authority), ("Accept", "*/*")), headers)
         protocol = self._reusable()
         if protocol is not None:
             try:

@@ -49,12 +49,6 @@ class Dialer:
         self._resolver = Resolver()
         self._unverified: ssl.SSLContext | None = None
 
-    async def start(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
     def check_allowed(self, details: ConnectionDetails) -> None:
         details.check_allowed(self._config.allowed_hosts)
 

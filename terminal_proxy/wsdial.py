@@ -32,7 +32,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiohttp import ClientWebSocketResponse, ClientWSTimeout
+from aiohttp import ClientError, ClientWebSocketResponse, ClientWSTimeout
 from aiohttp._websocket.reader import WebSocketDataQueue  # aiohttp exports it nowhere else
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_websocket import WS_KEY, WebSocketReader, WebSocketWriter
@@ -41,10 +41,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .connections import Resolver, connect, request_head
-from .session.sockets import set_pong_timeout
+from .session.sockets import set_pong_timeout, unwatch
 
 __all__ = [
-    "ERROR_BODY_LIMIT",
     "HandshakeRefused",
     "UpstreamSocket",
     "WebSocketDial",
@@ -99,11 +98,11 @@ class UpstreamSocket(ClientWebSocketResponse):
 
     def _set_closing(self) -> None:
         super()._set_closing()
-        _unwatch(self._response)
+        unwatch(getattr(self._response, "_protocol", None))
 
     def _set_closed(self) -> None:
         super()._set_closed()
-        _unwatch(self._response)
+        unwatch(getattr(self._response, "_protocol", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +139,13 @@ class _Leg:
         self._protocol.close()
 
 
-def _unwatch(leg: object) -> None:
-    if isinstance(leg, _Leg):
-        leg._protocol._data_received_cb = None
-
-
 async def open_websocket(dial: WebSocketDial, resolver: Resolver) -> UpstreamSocket:
     """Connect, upgrade and return the socket; ``HandshakeRefused`` for a refusal, the
     connection's own ``OSError`` (``ssl.SSLError`` among them) for a failed connection."""
     url = URL(dial.url)
     host, port = url.host, url.port
-    if host is None or port is None or url.scheme not in ("ws", "wss"):
+    # http(s) as ws(s), as aiohttp's ws_connect takes them (the forwarder's internal URLs).
+    if host is None or port is None or url.scheme not in ("ws", "wss", "http", "https"):
         raise ValueError(f"not a WebSocket URL: {url.scheme}://{url.raw_host}")
     protocol = await connect(host, port, dial.ssl, resolver)
     try:
@@ -186,8 +181,8 @@ async def _refused(
             if not chunk:
                 break
             body += chunk
-    except OSError:
-        pass
+    except (OSError, ClientError):
+        pass  # a truncated explanation: the status still says it
     return HandshakeRefused(
         status,
         reason=reason,

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..authorization.http import forwardable_headers
+from ..connections import Resolver
 from ..errors import ReplicaUnreachable, ResumeRefused
 from ..tasks import cancel_and_wait, spawn
-from ..wsdial import ERROR_BODY_LIMIT
+from ..wsdial import HandshakeRefused, WebSocketDial, open_websocket
 from .directory import ReplicaDirectory
 from .signing import HEADER, sign
 
@@ -52,55 +54,6 @@ _OWN = frozenset(
 )
 # Headers of the holder's refusal that are not passed on.
 _NOT_PASSED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
-
-
-class HandshakeRejected(Exception):
-    """The upstream answered the upgrade with an HTTP status instead of 101."""
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        content_type: str,
-        body: bytes,
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        super().__init__(status)
-        self.status = status
-        self.reason = reason
-        self.content_type = content_type
-        self.body = body
-        # The answer's headers, for a caller that passes the refusal on (forwarding).
-        self.headers = headers
-
-
-class BodyReadingResponse(aiohttp.ClientResponse):
-    """Reads a bounded error body when the upgrade is refused.
-
-    aiohttp's ws_connect closes a non-101 response without reading it, and the
-    kube-apiserver puts the only useful explanation (its Status JSON) in that body.
-    """
-
-    async def start(self, connection: Any) -> aiohttp.ClientResponse:
-        response = await super().start(connection)
-        if self.status != 101 and self.method == "GET":
-            body = b""
-            try:
-                while len(body) < ERROR_BODY_LIMIT and not self.content.at_eof():
-                    chunk = await self.content.read(ERROR_BODY_LIMIT - len(body))
-                    if not chunk:
-                        break
-                    body += chunk
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            raise HandshakeRejected(
-                self.status,
-                self.reason or "",
-                self.headers.get("Content-Type", ""),
-                body,
-                tuple(self.headers.items()),
-            )
-        return response
 
 
 def replica_of(session_id: str) -> str:
@@ -131,27 +84,14 @@ class Forwarder:
         self._close_timeout = close_timeout
         self._max_message_size = max_message_size
         self._outcome = outcome
-        self._session: aiohttp.ClientSession | None = None
+        self._resolver = Resolver()
+        # For https internal URLs: the system's CAs, as aiohttp's default was.
+        self._tls: ssl.SSLContext | None = None
         # Forwarded sessions finishing their close (they outlive a cancelled handler).
         self._ending: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
-            response_class=BodyReadingResponse,
-            # forward() bounds the dial itself; aiohttp's default total timeout would leave
-            # a timer behind per upgraded connection (docs/performance.md).
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False,
-            trust_env=False,
-            skip_auto_headers=("User-Agent",),
-        )
-
     async def aclose(self) -> None:
         await cancel_and_wait(list(self._ending))
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def forward(
         self,
@@ -167,7 +107,6 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Pass ``request`` to ``replica``: its refusal, or the upgraded browser once the
         session between them has ended."""
-        assert self._session is not None, "Forwarder.start() was not called"
         base = await self._directory.internal_url(replica)
         fields: dict[str, object] = {"request_id": request_id, "replica": replica}
         if base is None:
@@ -188,22 +127,28 @@ class Forwarder:
             ("X-Forwarded-Proto", scheme),
             (HEADER, sign(self._secret, self.replica_id, "GET", target, time.time())),
         ]
+        dial = WebSocketDial(
+            url=base + target,
+            protocols=offered,
+            headers=headers,
+            ssl=self._ssl(base),
+            # Our browser socket pings the browser; the holder pings us.
+            heartbeat=None,
+            pong_timeout=None,
+            max_msg_size=self._max_message_size,
+            close_timeout=self._close_timeout,
+        )
         try:
             with pending:
                 async with asyncio.timeout(self._timeout or None):
-                    peer = await self._session.ws_connect(
-                        base + target,
-                        protocols=offered,
-                        headers=headers,
-                        autoclose=True,
-                        autoping=True,
-                        max_msg_size=self._max_message_size,
-                        timeout=aiohttp.ClientWSTimeout(ws_close=self._close_timeout),
-                        compress=0,
-                        # Our browser socket pings the browser; the holder pings us.
-                        heartbeat=None,
-                    )
-        except HandshakeRejected as refused:
+                    peer = await open_websocket(dial, self._resolver)
+        except HandshakeRefused as refused:
+            if refused.status == 101:  # a 101 that is not a WebSocket upgrade
+                self._outcome("unreachable")
+                raise ReplicaUnreachable(
+                    f"replica {replica} unreachable",
+                    detail=f"replica {replica} at {base}: {refused.message}",
+                ) from None
             self._outcome(str(refused.status))
             log.info(
                 "forwarded request refused by replica %s: %d",
@@ -215,7 +160,7 @@ class Forwarder:
             response = web.Response(status=refused.status, body=refused.body, headers=passed)
             response.force_close()
             return response
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, HttpProcessingError, OSError, TimeoutError) as exc:
             self._outcome("unreachable")
             raise ReplicaUnreachable(
                 f"replica {replica} unreachable",
@@ -231,6 +176,13 @@ class Forwarder:
         log.info("forwarded to replica %s", replica, extra={"fields": fields})
         await self._relay(browser, peer, replica, request_id)
         return browser
+
+    def _ssl(self, base: str) -> ssl.SSLContext | None:
+        if not base.startswith(("https:", "wss:")):
+            return None
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     async def _relay(
         self,
@@ -303,13 +255,10 @@ async def _pipe(
 
 
 def _drop(ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> None:
-    """End ``ws``'s connection without a close frame."""
-    if isinstance(ws, web.WebSocketResponse):
-        writer = ws._writer  # aiohttp keeps the transport only there
-        transport = None if writer is None else writer.transport
-    else:
-        connection = ws._conn
-        transport = None if connection is None else connection.transport
+    """End ``ws``'s connection without a close frame (both kinds of aiohttp socket keep
+    their transport in their frame writer)."""
+    writer = ws._writer
+    transport = None if writer is None else writer.transport
     if transport is not None:
         transport.abort()
 

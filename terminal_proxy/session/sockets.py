@@ -26,6 +26,7 @@ __all__ = [
     "parsed_queue",
     "receive_or_lost",
     "set_pong_timeout",
+    "unwatch",
 ]
 
 DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
@@ -85,6 +86,21 @@ def set_pong_timeout(ws: object, seconds: float) -> bool:
         return False
     setattr(ws, "_pong_heartbeat", seconds)  # noqa: B010 (a private attribute, on purpose)
     return True
+
+
+def unwatch(protocol: object) -> None:
+    """Stop ``protocol`` (aiohttp's, under a closing socket) calling its socket back on
+    every chunk received.
+
+    aiohttp resets a socket's heartbeat from that callback, also after the socket is
+    closed (re-arming a ``ping_interval`` timer that holds the closed socket), and the
+    callback is the connection's only reference back to its socket: without it, an ended
+    session and both its sockets are freed by reference counting, not by the collector
+    (docs/performance.md). Both the browser's and the upstream's sockets call this from
+    their ``_set_closing``/``_set_closed``; on anything else it sets nothing.
+    """
+    if hasattr(protocol, "_data_received_cb"):
+        setattr(protocol, "_data_received_cb", None)  # noqa: B010 (private, on purpose)
 
 
 async def close_socket(ws: Socket, stop: Stop, close_timeout: float) -> None:
